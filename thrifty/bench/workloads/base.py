@@ -1,0 +1,129 @@
+"""The workload interface every claim and ``thrifty train`` run builds on.
+
+A workload is a factory ``make(seed, **config) -> Task``. A ``Task`` owns a freshly
+initialised model, a deterministic stream of training batches, a loss and a validation
+function. ``fit`` trains it with any optimizer and records a ``Curve`` against steps and
+against wall-clock seconds (training time only; evaluation is not timed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Curve", "NonFiniteLossError", "Task", "fit"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN or infinite; the run stops and is recorded as a failure."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss became non-finite ({value}) at step {step}; the run was stopped")
+        self.step = step
+        self.value = value
+
+
+@dataclass
+class Task:
+    """A model with its data, loss and validation metrics, ready to be trained.
+
+    ``next_batch()`` returns the next training batch of a stream fixed by the seed;
+    ``loss(model, batch)`` returns a scalar tensor; ``evaluate(model)`` returns validation
+    metrics, always including ``"val_loss"`` and, for classifiers, ``"val_acc"``.
+    """
+
+    name: str
+    model: nn.Module
+    next_batch: Callable[[], Any]
+    loss: Callable[[nn.Module, Any], Tensor]
+    evaluate: Callable[[nn.Module], dict[str, float]]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Curve:
+    """Metrics of one training run: training loss every step, validation every ``eval_every``."""
+
+    steps: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_seconds: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+    def metric(self, name: str) -> list[float]:
+        """The validation metric ``name`` at every evaluation."""
+        return [e[name] for e in self.evals]
+
+    def final(self, name: str) -> float:
+        return self.evals[-1][name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "train_loss": self.train_loss,
+            "eval_steps": self.eval_steps,
+            "eval_seconds": self.eval_seconds,
+            "evals": self.evals,
+        }
+
+
+def fit(
+    task: Task,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    *,
+    eval_every: int | None = None,
+    scheduler: Any = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> Curve:
+    """Train ``task.model`` for ``steps`` steps; evaluate at step 0, every ``eval_every``, and at the end.
+
+    Raises ``NonFiniteLossError`` as soon as the training loss is NaN or infinite.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be in [1, inf), got {steps}")
+    eval_every = eval_every or max(1, steps // 10)
+    curve = Curve()
+    model = task.model
+    elapsed = 0.0
+
+    def evaluate(step: int) -> None:
+        model.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in task.evaluate(model).items()}
+        model.train()
+        curve.eval_steps.append(step)
+        curve.eval_seconds.append(elapsed)
+        curve.evals.append(metrics)
+
+    evaluate(0)
+    model.train()
+    for step in range(1, steps + 1):
+        batch = task.next_batch()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = task.loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        value = float(loss.detach())
+        elapsed += time.perf_counter() - start
+        if not math.isfinite(value):
+            raise NonFiniteLossError(step, value)
+        curve.steps.append(step)
+        curve.seconds.append(elapsed)
+        curve.train_loss.append(value)
+        if on_step is not None:
+            on_step(step, value)
+        if step % eval_every == 0 or step == steps:
+            evaluate(step)
+    return curve

@@ -1,0 +1,136 @@
+"""Machinery shared by every thrifty optimizer.
+
+Argument validation with messages that name the argument and its valid range, the
+reference/foreach dispatch convention of ``torch.optim`` (one readable per-tensor path and
+one multi-tensor path of the same math, tested against each other), and the state-memory
+counter used by benchmarks and claims.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ThriftyOptimizer",
+    "check_betas",
+    "check_range",
+    "state_bytes",
+]
+
+
+def check_range(
+    name: str,
+    value: float,
+    low: float = 0.0,
+    high: float = math.inf,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """Return ``value`` if it lies in the interval, else raise ``ValueError`` naming both."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        number = float(value.item())
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    lo_ok = number >= low if low_inclusive else number > low
+    hi_ok = number <= high if high_inclusive else number < high
+    if not (lo_ok and hi_ok) or math.isnan(number):
+        left = "[" if low_inclusive else "("
+        right = "]" if high_inclusive else ")"
+        raise ValueError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value!r}")
+    return value
+
+
+def check_betas(betas: Any, n: int = 2, name: str = "betas") -> tuple[float, ...]:
+    """Validate a tuple of ``n`` EMA coefficients, each in [0, 1)."""
+    try:
+        values = tuple(betas)
+    except TypeError:
+        raise ValueError(f"{name} must be a tuple of {n} numbers in [0, 1), got {betas!r}") from None
+    if len(values) != n:
+        raise ValueError(f"{name} must be a tuple of {n} numbers in [0, 1), got {betas!r}")
+    for i, b in enumerate(values):
+        check_range(f"{name}[{i}]", b, 0.0, 1.0, high_inclusive=False)
+    return values
+
+
+class ThriftyOptimizer(torch.optim.Optimizer):
+    """Base class: gathers parameters with gradients and picks the reference or foreach path.
+
+    Subclasses implement ``_step_group(group, params, use_foreach)``. ``foreach=None`` (the
+    default) takes the multi-tensor path whenever every parameter is a plain dense tensor on
+    one of the devices torch's ``_foreach_*`` kernels support.
+    """
+
+    def _params_with_grad(self, group: Mapping[str, Any]) -> list[Tensor]:
+        params = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients; "
+                    "use torch.optim.SparseAdam or a dense embedding (sparse=False)"
+                )
+            params.append(p)
+        return params
+
+    @staticmethod
+    def _use_foreach(group: Mapping[str, Any], params: list[Tensor]) -> bool:
+        foreach = group.get("foreach")
+        if foreach is not None:
+            return bool(foreach)
+        return all(type(p) is Tensor or isinstance(p, torch.nn.Parameter) for p in params) and all(
+            p.device.type in ("cpu", "cuda") for p in params
+        )
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], use_foreach: bool) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        """Perform one optimisation step; ``closure`` re-evaluates the loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = self._params_with_grad(group)
+            if params:
+                self._step_group(group, params, self._use_foreach(group, params))
+        return loss
+
+
+def _tensor_bytes(obj: Any, seen: set[int]) -> int:
+    if isinstance(obj, Tensor):
+        key = obj.untyped_storage().data_ptr() if obj.device.type != "meta" else id(obj)
+        if key in seen and key != 0:
+            return 0
+        seen.add(key)
+        return obj.untyped_storage().nbytes()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v, seen) for v in obj)
+    return 0
+
+
+def state_bytes(optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer]) -> int:
+    """Bytes held by an optimizer's per-parameter state tensors (shared storage counted once).
+
+    Counts every tensor reachable from ``optimizer.state`` (moments, preconditioners, step
+    counters), so two optimizers can be compared by what they really allocate.
+    """
+    optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
+    seen: set[int] = set()
+    return sum(_tensor_bytes(dict(opt.state), seen) for opt in optimizers)
