@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from thrifty.bench.workloads import (
+    WORKLOADS,
+    NonFiniteLossError,
+    Task,
+    UnknownWorkloadError,
+    fit,
+    get_workload,
+    list_workloads,
+    make_task,
+)
+from thrifty.bench.workloads.digits import DigitsBatches
+
+# Small configs so the whole module runs in seconds; the defaults are exercised separately.
+SMALL = {
+    "digits_mlp": {},
+    "digits_cnn": {"width": 8},
+    "logreg": {},
+    "charlm": {
+        "n_layer": 1,
+        "d_model": 32,
+        "n_head": 2,
+        "context": 32,
+        "batch_size": 16,
+        "max_chars": 100_000,
+        "eval_batches": 4,
+    },
+    "rosenbrock": {"init_noise": 0.1},
+    "noisy_quadratic": {"init_noise": 0.1},
+}
+CLASSIFIERS = {"digits_mlp", "digits_cnn", "logreg"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These models are too small to gain from intra-op threads, and on a shared 2-core machine
+    two spinning OpenMP threads make them up to 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_task(name: str, seed: int = 0) -> Task:
+    return make_task(name, seed, **SMALL[name])
+
+
+def flat_params(task: Task) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in task.model.parameters()])
+
+
+def batches(task: Task, n: int = 3) -> list[object]:
+    return [task.next_batch() for _ in range(n)]
+
+
+def same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, tuple | list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_registry_is_consistent():
+    assert list_workloads() == sorted(SMALL)
+    for name, info in WORKLOADS.items():
+        assert info.name == name and info.description
+        task = small_task(name)
+        assert task.name == name
+        metrics = task.evaluate(task.model)
+        assert "val_loss" in metrics and info.metric in metrics
+        assert ("val_acc" in metrics) == (name in CLASSIFIERS)
+        assert info.higher_is_better == (info.metric == "val_acc")
+
+
+def test_unknown_workload_lists_valid_names():
+    with pytest.raises(UnknownWorkloadError) as excinfo:
+        get_workload("nope")
+    message = str(excinfo.value)
+    assert isinstance(excinfo.value, KeyError) and "\n" not in message
+    assert "'nope'" in message and all(name in message for name in WORKLOADS)
+    with pytest.raises(UnknownWorkloadError):
+        make_task("nope")
+
+
+def test_unknown_config_key_is_rejected():
+    with pytest.raises(TypeError):
+        make_task("digits_mlp", hiddn=32)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_same_seed_same_weights_and_batches(name):
+    a, b = small_task(name, seed=3), small_task(name, seed=3)
+    assert torch.equal(flat_params(a), flat_params(b))
+    assert same(batches(a), batches(b))
+    assert a.config == b.config and a.config["seed"] == 3
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_different_seeds_differ(name):
+    a, b = small_task(name, seed=0), small_task(name, seed=1)
+    assert not torch.equal(flat_params(a), flat_params(b))
+    if name != "rosenbrock":
+        assert not same(batches(a), batches(b))
+
+
+def test_rosenbrock_start_is_fixed_without_noise():
+    for seed in (0, 1):
+        task = make_task("rosenbrock", seed)
+        assert task.model.w.tolist() == [-1.5, 2.0] and task.next_batch() is None
+        assert task.evaluate(task.model)["val_loss"] == pytest.approx(12.5)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_global_rng_is_untouched(name):
+    before = torch.random.get_rng_state()
+    task = small_task(name, seed=5)
+    batches(task)
+    task.loss(task.model, task.next_batch()).backward()
+    task.evaluate(task.model)
+    assert torch.equal(before, torch.random.get_rng_state())
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_validation_is_independent_of_seed(name):
+    a, b = small_task(name, seed=0), small_task(name, seed=7)
+    batches(b, 5)
+    b.model.load_state_dict(a.model.state_dict())
+    with torch.no_grad():
+        assert a.evaluate(a.model) == b.evaluate(b.model)
+
+
+@pytest.mark.parametrize(
+    ("name", "lr", "steps"),
+    [
+        ("digits_mlp", 1e-2, 40),
+        ("digits_cnn", 1e-2, 40),
+        ("logreg", 5e-2, 40),
+        ("charlm", 1e-2, 40),
+        ("rosenbrock", 5e-2, 100),
+        ("noisy_quadratic", 5e-2, 100),
+    ],
+)
+def test_adam_reduces_validation_loss(name, lr, steps):
+    task = small_task(name)
+    curve = fit(task, torch.optim.Adam(task.model.parameters(), lr=lr), steps)
+    first, last = curve.evals[0], curve.evals[-1]
+    assert curve.eval_steps[-1] == steps and len(curve.train_loss) == steps
+    assert last["val_loss"] < 0.65 * first["val_loss"]
+    if name in CLASSIFIERS:
+        assert first["val_acc"] < 0.3 and last["val_acc"] > 0.85
+    if name == "charlm":
+        assert first["val_loss"] == pytest.approx(math.log(129), abs=0.1)
+        assert last["val_bpc"] == pytest.approx(last["val_loss"] / math.log(2))
+    if name == "rosenbrock":
+        assert last["dist_to_opt"] < first["dist_to_opt"]
+
+
+def test_absurd_learning_rate_raises_non_finite_loss():
+    task = make_task("rosenbrock")
+    with pytest.raises(NonFiniteLossError) as excinfo:
+        fit(task, torch.optim.SGD(task.model.parameters(), lr=1e10), 10)
+    assert excinfo.value.step == 2 and not math.isfinite(excinfo.value.value)
+
+
+def test_logreg_weight_decay_adds_l2_to_training_loss_only():
+    plain, decayed = make_task("logreg"), make_task("logreg", weight_decay=0.1)
+    batch = plain.next_batch()
+    assert same(batch, decayed.next_batch())
+    with torch.no_grad():
+        l2 = 0.05 * plain.model.weight.square().sum()
+        assert float(decayed.loss(decayed.model, batch)) == pytest.approx(
+            float(plain.loss(plain.model, batch) + l2)
+        )
+    assert plain.evaluate(plain.model) == decayed.evaluate(decayed.model)
+
+
+def test_noisy_quadratic_gradient_noise_scales_with_curvature_and_batch():
+    def gradient_variance(batch_size: int) -> torch.Tensor:
+        task = make_task("noisy_quadratic", batch_size=batch_size, dim=4)
+        grads = []
+        for _ in range(4000):
+            task.model.zero_grad()
+            task.loss(task.model, task.next_batch()).backward()
+            grads.append(task.model.w.grad.clone())
+        return torch.stack(grads).var(dim=0)
+
+    h = torch.logspace(-2.0, 0.0, 4)
+    torch.testing.assert_close(gradient_variance(1), h, rtol=0.1, atol=0.0)
+    torch.testing.assert_close(gradient_variance(8), h / 8, rtol=0.1, atol=0.0)
+
+
+def test_charlm_default_config_and_fixed_validation():
+    task = make_task("charlm")
+    x, y = task.next_batch()
+    assert x.shape == y.shape == (32, 64) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert task.config["train_chars"] == 2_000_000 and task.config["val_chars"] == 200_000
+    n_params = sum(p.numel() for p in task.model.parameters())
+    assert 400_000 < n_params < 500_000
+    tied = make_task("charlm", tie_weights=True, max_chars=10_000)
+    assert tied.model.head.weight is tied.model.tok.weight
+
+
+def test_digits_batches_are_reshuffled_epochs_without_repeats():
+    x = torch.arange(10.0)[:, None]
+    stream = DigitsBatches(x, torch.arange(10), 3, torch.Generator().manual_seed(0))
+    epochs = [torch.cat([stream()[1] for _ in range(3)]) for _ in range(2)]
+    assert all(len(set(e.tolist())) == 9 for e in epochs)
+    assert not torch.equal(epochs[0], epochs[1])
+
+
+def test_charlm_validation_does_not_depend_on_batch_size():
+    config = {**SMALL["charlm"], "batch_size": 4}
+    a, b = make_task("charlm", **config), make_task("charlm", **{**config, "batch_size": 16})
+    assert torch.equal(flat_params(a), flat_params(b))
+    assert a.evaluate(a.model) == b.evaluate(b.model)
