@@ -1,0 +1,41 @@
+"""Every registered claim runs at smoke scale, and claims and catalogue agree."""
+
+import math
+
+import pytest
+
+from thrifty.bench.claim import VERDICTS
+from thrifty.bench.claims import UnknownClaimError, all_claims, default_claims, get_claim
+from thrifty.bench.runner import run_claims
+from thrifty.catalog import PAPERS
+
+
+def test_every_implemented_paper_has_a_claim_and_every_claim_a_paper():
+    claims = all_claims()
+    methods = {m: p for p in PAPERS for m in p.methods}
+    for key, claim in claims.items():
+        assert key in methods, f"claim {key} belongs to no catalogue entry"
+        assert methods[key].status in ("implemented", "partial"), f"claim {key} for a planned paper"
+        assert claim.field == methods[key].field
+    for paper in PAPERS:
+        if paper.status == "implemented":
+            assert paper.resolve() is not None
+            assert any(m in claims for m in paper.methods), f"{paper.key} is implemented but has no claim"
+
+
+def test_default_suite_and_lookup():
+    assert {c.key for c in default_claims()} <= set(all_claims())
+    with pytest.raises(UnknownClaimError, match="valid claims: .*soap"):
+        get_claim("nope")
+
+
+@pytest.mark.parametrize("key", sorted(all_claims()))
+def test_claim_runs_at_smoke_scale(key):
+    run = run_claims([get_claim(key)], scale="smoke", seeds=2)
+    (result,) = run.results
+    assert result.error is None, result.error
+    assert result.verdict in VERDICTS
+    outcome = result.outcome
+    assert outcome.summary
+    assert outcome.metrics and any(math.isfinite(v) for v in outcome.metrics.values())
+    assert outcome.series and all(len(s.values) >= 1 for s in outcome.series)

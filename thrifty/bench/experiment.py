@@ -1,0 +1,232 @@
+"""Building blocks for claims: train a method over seeds, tune a learning rate, compare curves.
+
+Training runs are memoised within a process by their full specification (workload, config,
+optimizer, hyperparameters, schedule, steps, seed), so claims that share a baseline, such as
+the tuned AdamW of the SOAP and SGD-SaI claims, train it once per ``thrifty bench`` call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from thrifty.bench.claim import ClaimContext, Series
+from thrifty.bench.workloads import Curve, NonFiniteLossError, fit, make_task
+from thrifty.optim import create_optimizer, state_bytes
+
+__all__ = [
+    "MethodRuns",
+    "RunSpec",
+    "clear_cache",
+    "first_step_reaching",
+    "run_method",
+    "tune_lr",
+    "warmup_cosine",
+]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines one training run except the seed."""
+
+    workload: str
+    config: tuple[tuple[str, Any], ...]
+    optimizer: str
+    opt_kwargs: tuple[tuple[str, Any], ...]
+    steps: int
+    eval_every: int
+    schedule: str = "constant"
+
+    @classmethod
+    def make(
+        cls,
+        workload: str,
+        config: dict[str, Any],
+        optimizer: str,
+        opt_kwargs: dict[str, Any],
+        steps: int,
+        eval_every: int,
+        schedule: str = "constant",
+    ) -> RunSpec:
+        return cls(
+            workload,
+            tuple(sorted(config.items())),
+            optimizer,
+            tuple(sorted(opt_kwargs.items())),
+            steps,
+            eval_every,
+            schedule,
+        )
+
+    def key(self, seed: int) -> str:
+        return json.dumps(
+            [
+                self.workload,
+                self.config,
+                self.optimizer,
+                self.opt_kwargs,
+                self.steps,
+                self.eval_every,
+                self.schedule,
+                seed,
+            ],
+            default=str,
+        )
+
+
+@dataclass
+class RunRecord:
+    curve: Curve | None
+    state_bytes: int
+    failure: str | None
+
+
+_CACHE: dict[str, RunRecord] = {}
+
+
+def clear_cache() -> None:
+    """Forget memoised runs (tests use it to measure a claim from scratch)."""
+    _CACHE.clear()
+
+
+def warmup_cosine(steps: int, warmup_frac: float = 0.05):
+    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to zero: a multiplier."""
+    warmup = max(1, int(round(warmup_frac * steps)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _train(spec: RunSpec, seed: int, advance) -> RunRecord:
+    key = spec.key(seed)
+    if key in _CACHE:
+        advance(spec.steps)
+        return _CACHE[key]
+    task = make_task(spec.workload, seed=seed, **dict(spec.config))
+    optimizer = create_optimizer(task.model, spec.optimizer, **dict(spec.opt_kwargs))
+    scheduler = None
+    if spec.schedule == "warmup_cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(spec.steps))
+    elif spec.schedule != "constant":
+        raise ValueError(f"schedule must be 'constant' or 'warmup_cosine', got {spec.schedule!r}")
+    try:
+        curve = fit(
+            task,
+            optimizer,
+            spec.steps,
+            eval_every=spec.eval_every,
+            scheduler=scheduler,
+            on_step=lambda step, loss: advance(1),
+        )
+        record = RunRecord(curve, state_bytes(optimizer), None)
+    except NonFiniteLossError as exc:
+        advance(spec.steps - exc.step)
+        kwargs = ", ".join(f"{k}={v}" for k, v in spec.opt_kwargs)
+        record = RunRecord(None, state_bytes(optimizer), f"{spec.optimizer}({kwargs}) seed {seed}: {exc}")
+    _CACHE[key] = record
+    return record
+
+
+@dataclass
+class MethodRuns:
+    """One method trained over several seeds; failed (non-finite) runs are kept as ``None``."""
+
+    label: str
+    spec: RunSpec
+    seeds: list[int]
+    curves: list[Curve | None] = field(default_factory=list)
+    state_bytes: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[Curve]:
+        return [c for c in self.curves if c is not None]
+
+    def finals(self, metric: str) -> list[float]:
+        """The final value of ``metric`` per seed (NaN for a run that stopped)."""
+        return [c.final(metric) if c is not None else math.nan for c in self.curves]
+
+    def mean_final(self, metric: str) -> float:
+        values = self.finals(metric)
+        return sum(values) / len(values) if values else math.nan
+
+    def series(self, metric: str) -> Series:
+        s = Series(label=self.label, metric=metric)
+        for c in self.ok:
+            s.add(c.eval_steps, c.eval_seconds, c.metric(metric))
+        return s
+
+    def seconds(self) -> list[float]:
+        return [c.seconds[-1] if c is not None else math.nan for c in self.curves]
+
+
+def run_method(
+    ctx: ClaimContext,
+    label: str,
+    spec: RunSpec,
+    seeds: list[int] | None = None,
+) -> MethodRuns:
+    """Train ``spec`` once per seed (``ctx.seeds`` by default), with a progress bar."""
+    seeds = list(ctx.seeds if seeds is None else seeds)
+    advance = ctx.track(label, spec.steps * len(seeds))
+    runs = MethodRuns(label, spec, seeds)
+    for seed in seeds:
+        record = _train(spec, seed, advance)
+        runs.curves.append(record.curve)
+        runs.state_bytes.append(record.state_bytes)
+        if record.failure:
+            runs.failures.append(record.failure)
+    return runs
+
+
+def tune_lr(
+    ctx: ClaimContext,
+    label: str,
+    spec: RunSpec,
+    grid: list[float],
+    metric: str,
+    higher_is_better: bool,
+    seed: int = 0,
+) -> tuple[float | None, dict[float, float]]:
+    """Pick the learning rate of ``grid`` with the best final ``metric`` on one seed.
+
+    Returns the best rate (``None`` when every run stopped) and the final metric per rate
+    (NaN for runs that stopped), which claims record so a reader can judge the tuning.
+    """
+    table: dict[float, float] = {}
+    for lr in grid:
+        kwargs = dict(spec.opt_kwargs) | {"lr": lr}
+        trial = RunSpec(
+            spec.workload,
+            spec.config,
+            spec.optimizer,
+            tuple(sorted(kwargs.items())),
+            spec.steps,
+            spec.eval_every,
+            spec.schedule,
+        )
+        runs = run_method(ctx, f"{label} lr={lr:g}", trial, seeds=[seed])
+        table[lr] = runs.finals(metric)[0]
+    finite = {lr: v for lr, v in table.items() if math.isfinite(v)}
+    if not finite:
+        return None, table
+    pick = max if higher_is_better else min
+    return pick(finite, key=finite.__getitem__), table
+
+
+def first_step_reaching(curve: Curve, metric: str, target: float, higher_is_better: bool) -> float:
+    """The first evaluation step at which ``metric`` reaches ``target`` (inf if it never does)."""
+    for step, evals in zip(curve.eval_steps, curve.evals, strict=True):
+        value = evals[metric]
+        if (value >= target) if higher_is_better else (value <= target):
+            return float(step)
+    return math.inf

@@ -1,0 +1,248 @@
+"""The ``thrifty`` command: ``list`` the paper catalogue, ``bench`` the claims, ``train`` a workload."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["main"]
+
+_STATUS_STYLE = {"implemented": "green", "partial": "yellow", "planned": "dim"}
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as one line, exit status 2."""
+
+
+def _cmd_list(args: argparse.Namespace, console: Console) -> int:
+    from thrifty.catalog import PAPERS, filter_papers
+
+    try:
+        papers = filter_papers(field=args.field, status=args.status)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps([p.to_dict() for p in papers], indent=1))
+        return 0
+    if args.markdown:
+        print(markdown_table(papers))
+        return 0
+    counts = {s: sum(p.status == s for p in PAPERS) for s in ("implemented", "partial", "planned")}
+    table = Table(
+        title=f"thrifty catalogue: {len(papers)} of {len(PAPERS)} papers "
+        f"({', '.join(f'{n} {s}' for s, n in counts.items())})"
+    )
+    for column in ("field", "key", "status", "arXiv", "title", "import"):
+        table.add_column(column, overflow="fold")
+    for p in papers:
+        status = f"[{_STATUS_STYLE[p.status]}]{p.status}"
+        table.add_row(p.field, p.key, status, p.arxiv or "?", p.title, p.import_path)
+    console.print(table)
+    return 0
+
+
+def markdown_table(papers) -> str:
+    """The catalogue as a Markdown table (the README's table is this output)."""
+    lines = ["| field | key | status | arXiv | paper |", "|---|---|---|---|---|"]
+    for p in papers:
+        status = p.status + (f" ({p.note})" if p.status == "partial" and p.note else "")
+        lines.append(f"| {p.field} | `{p.key}` | {status} | {p.arxiv or '?'} | {p.title} |")
+    return "\n".join(lines)
+
+
+def _select_claims(args: argparse.Namespace):
+    from thrifty.bench.claims import UnknownClaimError, all_claims, default_claims, get_claim
+
+    if args.keys:
+        try:
+            return [get_claim(k) for k in args.keys]
+        except UnknownClaimError as exc:
+            raise UsageError(str(exc)) from None
+    claims = list(all_claims().values()) if args.all or args.field else default_claims()
+    if args.field:
+        claims = [c for c in claims if c.field == args.field]
+        if not claims:
+            fields = sorted({c.field for c in all_claims().values()})
+            raise UsageError(f"no claims in field {args.field!r}; fields with claims: {', '.join(fields)}")
+    return claims
+
+
+def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    from thrifty.bench.report import summary_table, write_all
+    from thrifty.bench.runner import run_claims
+
+    claims = _select_claims(args)
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+    run = run_claims(claims, scale=args.scale, seeds=args.seeds)
+    results, report = write_all(run, args.out)
+    console.print(summary_table(run))
+    console.print(f"wrote {results} and {report}")
+    return 1 if run.failed else 0
+
+
+def _parse_opt(pairs: Sequence[str]) -> dict[str, Any]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--opt expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
+def _cmd_train(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from thrifty.bench.claim import Series
+    from thrifty.bench.report import plot_series
+    from thrifty.bench.workloads import NonFiniteLossError, UnknownWorkloadError, fit, get_workload
+    from thrifty.optim import UnknownOptimizerError, create_optimizer, get_optimizer_class, state_bytes
+
+    try:
+        info = get_workload(args.workload)
+        get_optimizer_class(args.optimizer)
+    except (UnknownWorkloadError, UnknownOptimizerError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    config = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    opt_kwargs = _parse_opt(args.opt)
+    if args.lr is not None:
+        opt_kwargs["lr"] = args.lr
+    try:
+        task = info.make(seed=args.seed, **config)
+        optimizer = create_optimizer(task.model, args.optimizer, **opt_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
+        "workload": args.workload,
+        "optimizer": args.optimizer,
+        "optimizer_kwargs": opt_kwargs,
+        "config": task.config,
+        "seed": args.seed,
+        "steps": args.steps,
+    }
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+    )
+    status = 0
+    with Progress(*columns, console=console, transient=not console.is_terminal) as progress:
+        bar = progress.add_task(f"{args.workload} / {args.optimizer}", total=args.steps, loss=float("nan"))
+        try:
+            curve = fit(
+                task,
+                optimizer,
+                args.steps,
+                eval_every=args.eval_every,
+                on_step=lambda step, loss: progress.update(bar, advance=1, loss=loss),
+            )
+        except NonFiniteLossError as exc:
+            curve = None
+            record["failure"] = str(exc)
+            status = 1
+    if curve is not None:
+        record.update(
+            curve=curve.to_dict(),
+            final=curve.evals[-1],
+            state_bytes=state_bytes(optimizer),
+            seconds=curve.seconds[-1],
+        )
+        train = Series("train loss", "loss")
+        train.add(curve.steps, curve.seconds, curve.train_loss)
+        val = Series("validation loss", "loss")
+        val.add(curve.eval_steps, curve.eval_seconds, curve.metric("val_loss"))
+        series = [train, val]
+        if "val_acc" in curve.evals[-1]:
+            acc = Series("validation accuracy", "val_acc")
+            acc.add(curve.eval_steps, curve.eval_seconds, curve.metric("val_acc"))
+            series.append(acc)
+        plot = plot_series(series, f"{args.workload} / {args.optimizer}", out / "curve.png")
+        finals = ", ".join(f"{k} {v:.4f}" for k, v in curve.evals[-1].items())
+        console.print(
+            f"{args.workload} with {args.optimizer}: {finals} after {args.steps} steps "
+            f"({curve.seconds[-1]:.1f} s training); wrote {out / 'metrics.json'} and {plot}"
+        )
+    else:
+        console.print(f"[red]training stopped:[/red] {record['failure']}")
+    (out / "metrics.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thrifty", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="print the catalogue of the 63 papers and their status")
+    p.add_argument("--field", help="only papers of this field (optim, serve, diffusion, ...)")
+    p.add_argument("--status", help="only papers with this status (implemented, partial, planned)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("bench", help="run claims and write results.json and report.md")
+    p.add_argument("keys", nargs="*", metavar="KEY", help="claims to run (default: the curated suite)")
+    p.add_argument(
+        "--scale",
+        default="quick",
+        choices=("smoke", "quick", "full"),
+        help="smoke: seconds; quick: minutes on a CPU (default); full: GPU-sized",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=None, help="number of seeds (default 2 smoke, 3 quick, 5 full)"
+    )
+    p.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
+    p.add_argument("--all", action="store_true", help="run every implemented claim")
+    p.add_argument("--field", help="run every claim of one field")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("train", help="train one embedded workload with one optimizer")
+    p.add_argument("workload", help="digits_mlp, digits_cnn, charlm, logreg, rosenbrock, noisy_quadratic")
+    p.add_argument("--optimizer", required=True, help="a name from the optimizer registry, e.g. soap, adamw")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's)")
+    p.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra optimizer argument, e.g. --opt momentum=0.9 (repeatable)",
+    )
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/train", help="output folder for metrics.json and curve.png")
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``thrifty`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    console = Console()
+    try:
+        return args.func(args, console)
+    except UsageError as exc:
+        print(f"thrifty {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
