@@ -1,0 +1,93 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from thrifty.catalog import PAPERS
+from thrifty.cli import main, markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_list_json_has_every_paper(capsys):
+    assert main(["list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 63 == len(PAPERS)
+    assert {r["status"] for r in rows} <= {"implemented", "partial", "planned"}
+
+
+def test_list_filters_and_table(capsys):
+    assert main(["list", "--status", "implemented", "--json"]) == 0
+    keys = {r["key"] for r in json.loads(capsys.readouterr().out)}
+    assert {"soap", "sgd_sai", "diffgrad"} <= keys
+    assert main(["list", "--field", "optim"]) == 0
+    assert "soap" in capsys.readouterr().out
+
+
+def test_list_bad_field_is_a_one_line_error(capsys):
+    assert main(["list", "--field", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "optim" in err
+
+
+def test_readme_catalogue_table_is_current():
+    assert markdown_table(PAPERS) in (ROOT / "README.md").read_text()
+
+
+def test_readme_test_command_is_what_ci_runs():
+    command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert command in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, valid",
+    [
+        (["bench", "nope"], "soap"),
+        (["train", "nope", "--optimizer", "adamw"], "charlm"),
+        (["train", "logreg", "--optimizer", "nope"], "sgd_sai"),
+        (["train", "logreg", "--optimizer", "diffgrad", "--lr", "-1"], "lr must be in"),
+        (["train", "logreg", "--optimizer", "sgd", "--opt", "momentum"], "KEY=VALUE"),
+    ],
+)
+def test_bad_names_are_one_line_errors_with_exit_2(argv, valid, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and valid in err and "Traceback" not in err
+
+
+def test_train_writes_metrics_and_plot(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "logreg", "--optimizer", "sgd", "--lr", "0.5", "--opt", "momentum=0.9", "--steps", "30",
+            "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["optimizer_kwargs"] == {"momentum": 0.9, "lr": 0.5}
+    assert record["final"]["val_acc"] > 0.5
+    assert record["curve"]["evals"][0]["val_loss"] > record["final"]["val_loss"]
+    assert (out / "curve.png").stat().st_size > 1000
+
+
+def test_train_non_finite_loss_is_recorded_not_a_crash(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "rosenbrock", "--optimizer", "sgd", "--lr", "1e10", "--steps", "20", "--out", str(out)]) == 1
+    record = json.loads((out / "metrics.json").read_text())
+    assert "non-finite" in record["failure"]
+    assert "stopped" in capsys.readouterr().out
+
+
+def test_bench_writes_results_report_and_plots(tmp_path):
+    assert main(["bench", "diffgrad", "--scale", "smoke", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    (claim,) = data["claims"]
+    assert claim["key"] == "diffgrad" and claim["verdict"] in ("held", "not held", "inconclusive")
+    assert len(claim["per_seed"]["adam_val_acc"]) == 2
+    assert "diffgrad" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "diffgrad.png").exists()
+
+
+def test_module_entry_point():
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "thrifty", "list", "--json"], capture_output=True, text=True)
+    assert result.returncode == 0 and len(json.loads(result.stdout)) == 63
