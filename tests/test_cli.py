@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from thrifty.catalog import PAPERS
 from thrifty.cli import main, markdown_table
@@ -54,6 +55,30 @@ def test_bad_names_are_one_line_errors_with_exit_2(argv, valid, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and valid in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "nope",
+        "cuda:99",
+        "meta",
+        pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+    ],
+)
+def test_train_unavailable_device_is_a_one_line_error(device, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "logreg", "--optimizer", "sgd", "--steps", "2", "--device", device, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"device {device!r} is not available here; use cpu" in err
+    assert not out.exists()
+
+
+def test_train_records_the_device(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "logreg", "--optimizer", "sgd", "--steps", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["device"] == "cpu"
 
 
 def test_train_writes_metrics_and_plot(tmp_path, capsys):

@@ -102,6 +102,30 @@ def _parse_opt(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def _check_device(name: str) -> str:
+    """``name`` if it is a torch device this machine has; a ``UsageError`` naming the usable ones otherwise."""
+    import torch
+
+    usable = ["cpu"]
+    accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if accelerator is not None:
+        usable.append(accelerator.type)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is not None and (
+        device.type == "cpu"
+        or (
+            accelerator is not None
+            and device.type == accelerator.type
+            and (device.index is None or device.index < torch.accelerator.device_count())
+        )
+    ):
+        return name
+    raise UsageError(f"device {name!r} is not available here; use {' or '.join(usable)}")
+
+
 def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -117,7 +141,9 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(str(exc)) from None
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
-    config = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    config: dict[str, Any] = {"device": _check_device(args.device)}
+    if args.batch_size is not None:
+        config["batch_size"] = args.batch_size
     opt_kwargs = _parse_opt(args.opt)
     if args.lr is not None:
         opt_kwargs["lr"] = args.lr
@@ -228,6 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--out", default="runs/train", help="output folder for metrics.json and curve.png")
     p.set_defaults(func=_cmd_train)
     return parser

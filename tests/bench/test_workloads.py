@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from thrifty.bench.experiment import RunSpec, default_device
 from thrifty.bench.workloads import (
     WORKLOADS,
     NonFiniteLossError,
@@ -221,3 +222,59 @@ def test_charlm_validation_does_not_depend_on_batch_size():
     a, b = make_task("charlm", **config), make_task("charlm", **{**config, "batch_size": 16})
     assert torch.equal(flat_params(a), flat_params(b))
     assert a.evaluate(a.model) == b.evaluate(b.model)
+
+
+def five_step_fit(task: Task) -> tuple[list[float], list[dict[str, float]]]:
+    curve = fit(task, torch.optim.Adam(task.model.parameters(), lr=1e-2), 5)
+    return curve.train_loss, curve.evals
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_explicit_cpu_device_is_bit_identical_to_the_default(name):
+    default, explicit = small_task(name, seed=4), make_task(name, 4, **SMALL[name], device="cpu")
+    assert torch.equal(flat_params(default), flat_params(explicit))
+    assert same(batches(default), batches(explicit))
+    default, explicit = small_task(name, seed=4), make_task(name, 4, **SMALL[name], device=torch.device("cpu"))
+    assert five_step_fit(default) == five_step_fit(explicit)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_device_is_recorded_in_config(name):
+    assert small_task(name).config["device"] == "cpu"
+    task = make_task(name, 0, **SMALL[name], device=torch.device("cpu"))
+    assert task.config["device"] == "cpu"
+    assert all(p.device.type == "cpu" for p in task.model.parameters())
+
+
+def test_run_spec_device_is_in_the_cache_key():
+    assert default_device("smoke") == default_device("quick") == "cpu"
+    assert default_device("full") == ("cuda" if torch.cuda.is_available() else "cpu")
+    spec = RunSpec.make("logreg", {}, "sgd", {"lr": 0.1}, 5, 1)
+    assert spec.device == "cpu"
+    on_gpu = RunSpec.make("logreg", {}, "sgd", {"lr": 0.1}, 5, 1, device="cuda")
+    assert spec.key(0) != on_gpu.key(0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_cuda_matches_cpu(name):
+    # Full fp32 on the GPU, so that only the order of floating-point operations differs from the CPU.
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        cpu, gpu = small_task(name, seed=2), make_task(name, 2, **SMALL[name], device="cuda")
+        assert gpu.config["device"] == "cuda"
+        assert all(p.device.type == "cuda" for p in gpu.model.parameters())
+        assert torch.equal(flat_params(cpu), flat_params(gpu).cpu())
+        cpu_batches, gpu_batches = batches(cpu), batches(gpu)
+        for a, b in zip(cpu_batches, gpu_batches, strict=True):
+            a, b = (a, b) if isinstance(a, tuple) else ((a,), (b,))
+            assert all(y is None or y.device.type == "cuda" for y in b)
+            assert same(a, tuple(None if y is None else y.cpu() for y in b))
+        cpu, gpu = small_task(name, seed=2), make_task(name, 2, **SMALL[name], device="cuda")
+        (cpu_loss, cpu_evals), (gpu_loss, gpu_evals) = five_step_fit(cpu), five_step_fit(gpu)
+        torch.testing.assert_close(torch.tensor(gpu_loss), torch.tensor(cpu_loss), rtol=1e-3, atol=0.0)
+        val = [[e["val_loss"] for e in evals] for evals in (cpu_evals, gpu_evals)]
+        torch.testing.assert_close(torch.tensor(val[1]), torch.tensor(val[0]), rtol=1e-3, atol=0.0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags

@@ -1,12 +1,13 @@
 """Building blocks for claims: train a method over seeds, tune a learning rate, compare curves.
 
 Training runs are memoised within a process by their full specification (workload, config,
-optimizer, hyperparameters, schedule, steps, seed), so claims that share a baseline, such as
+optimizer, hyperparameters, schedule, steps, device, seed), so claims that share a baseline, such as
 the tuned AdamW of the SOAP and SGD-SaI claims, train it once per ``thrifty bench`` call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -22,11 +23,17 @@ __all__ = [
     "MethodRuns",
     "RunSpec",
     "clear_cache",
+    "default_device",
     "first_step_reaching",
     "run_method",
     "tune_lr",
     "warmup_cosine",
 ]
+
+
+def default_device(scale: str) -> str:
+    """The device claims train on at ``scale``: ``"cuda"`` for ``"full"`` when a GPU is present, else ``"cpu"``."""
+    return "cuda" if scale == "full" and torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class RunSpec:
     steps: int
     eval_every: int
     schedule: str = "constant"
+    device: str = "cpu"
 
     @classmethod
     def make(
@@ -51,6 +59,7 @@ class RunSpec:
         steps: int,
         eval_every: int,
         schedule: str = "constant",
+        device: str = "cpu",
     ) -> RunSpec:
         return cls(
             workload,
@@ -60,6 +69,7 @@ class RunSpec:
             steps,
             eval_every,
             schedule,
+            device,
         )
 
     def key(self, seed: int) -> str:
@@ -72,6 +82,7 @@ class RunSpec:
                 self.steps,
                 self.eval_every,
                 self.schedule,
+                self.device,
                 seed,
             ],
             default=str,
@@ -111,7 +122,7 @@ def _train(spec: RunSpec, seed: int, advance) -> RunRecord:
     if key in _CACHE:
         advance(spec.steps)
         return _CACHE[key]
-    task = make_task(spec.workload, seed=seed, **dict(spec.config))
+    task = make_task(spec.workload, seed=seed, device=spec.device, **dict(spec.config))
     optimizer = create_optimizer(task.model, spec.optimizer, **dict(spec.opt_kwargs))
     scheduler = None
     if spec.schedule == "warmup_cosine":
@@ -205,15 +216,7 @@ def tune_lr(
     table: dict[float, float] = {}
     for lr in grid:
         kwargs = dict(spec.opt_kwargs) | {"lr": lr}
-        trial = RunSpec(
-            spec.workload,
-            spec.config,
-            spec.optimizer,
-            tuple(sorted(kwargs.items())),
-            spec.steps,
-            spec.eval_every,
-            spec.schedule,
-        )
+        trial = dataclasses.replace(spec, opt_kwargs=tuple(sorted(kwargs.items())))
         runs = run_method(ctx, f"{label} lr={lr:g}", trial, seeds=[seed])
         table[lr] = runs.finals(metric)[0]
     finite = {lr: v for lr, v in table.items() if math.isfinite(v)}

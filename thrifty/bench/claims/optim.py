@@ -7,7 +7,7 @@ import statistics
 
 from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome
 from thrifty.bench.claims import register
-from thrifty.bench.experiment import RunSpec, first_step_reaching, run_method, tune_lr
+from thrifty.bench.experiment import RunSpec, default_device, first_step_reaching, run_method, tune_lr
 
 CHARLM = {
     "smoke": (
@@ -32,7 +32,16 @@ ADAMW = {"betas": (0.9, 0.95), "weight_decay": 0.01}
 
 def _charlm_spec(scale: str, optimizer: str, **opt_kwargs) -> RunSpec:
     config, steps, eval_every = CHARLM[scale]
-    return RunSpec.make("charlm", config, optimizer, opt_kwargs, steps, eval_every, schedule="warmup_cosine")
+    return RunSpec.make(
+        "charlm",
+        config,
+        optimizer,
+        opt_kwargs,
+        steps,
+        eval_every,
+        schedule="warmup_cosine",
+        device=default_device(scale),
+    )
 
 
 def _tuned_adamw(ctx: ClaimContext):
@@ -203,13 +212,16 @@ DIGITS_CNN = {
 
 def diffgrad_claim(ctx: ClaimContext) -> ClaimOutcome:
     config, steps, eval_every = DIGITS_CNN[ctx.scale]
+    device = default_device(ctx.scale)
     adam = run_method(
-        ctx, "Adam lr=1e-3", RunSpec.make("digits_cnn", config, "adam", {"lr": 1e-3}, steps, eval_every)
+        ctx,
+        "Adam lr=1e-3",
+        RunSpec.make("digits_cnn", config, "adam", {"lr": 1e-3}, steps, eval_every, device=device),
     )
     diff = run_method(
         ctx,
         "diffGrad lr=1e-3",
-        RunSpec.make("digits_cnn", config, "diffgrad", {"lr": 1e-3}, steps, eval_every),
+        RunSpec.make("digits_cnn", config, "diffgrad", {"lr": 1e-3}, steps, eval_every, device=device),
     )
     if not adam.ok or not diff.ok:
         return ClaimOutcome(INCONCLUSIVE, "runs diverged", failures=adam.failures + diff.failures)

@@ -3,7 +3,9 @@
 Every workload is a factory ``make(seed=0, **config) -> Task`` whose data ships with its
 dependencies (scikit-learn's digits, the interpreter's standard library) or is synthetic, so runs
 need no network. The seed fixes the initial weights and the batch stream through local
-``torch.Generator`` objects; validation data never depends on it.
+``torch.Generator`` objects; validation data never depends on it. Every factory takes
+``device`` (default ``"cpu"``): weights and batch indices are still drawn on the CPU, so a seed
+gives the same run on any device, and the model and data then live on ``device``.
 """
 
 from __future__ import annotations

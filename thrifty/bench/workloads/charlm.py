@@ -3,6 +3,8 @@
 A real language-modelling workload (attention, LayerNorm, embeddings, a 129-way softmax) that
 runs offline on CPUs: the corpus is ``thrifty.data.stdlib_text``. The seed fixes the initial
 weights and the training windows; validation is a fixed set of windows of the validation files.
+Weights and window positions are drawn on the CPU whatever the ``device``; the model and the
+corpus then live on ``device``.
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ def _build(
 
 
 def _windows(ids: Tensor, starts: Tensor, context: int) -> tuple[Tensor, Tensor]:
-    chunk = ids[starts[:, None] + torch.arange(context + 1)].long()
+    """Inputs and next-character targets of the windows of ``ids`` at ``starts``, on ``ids``'s device."""
+    starts = starts.to(ids.device, non_blocking=True)
+    chunk = ids[starts[:, None] + torch.arange(context + 1, device=ids.device)].long()
     return chunk[:, :-1], chunk[:, 1:]
 
 
@@ -126,6 +130,7 @@ def make(
     max_chars: int | None = 2_000_000,
     eval_batches: int = 8,
     tie_weights: bool = False,
+    device: str | torch.device = "cpu",
 ) -> Task:
     """``charlm``: next-character cross-entropy (nats/char) of a pre-LN causal transformer.
 
@@ -134,14 +139,16 @@ def make(
     ``evaluate`` returns ``val_loss``, the mean cross-entropy over ``eval_batches * 32`` evenly
     spaced windows of the validation split (fixed, whatever the seed or ``batch_size``), and
     ``val_bpc = val_loss / ln 2``. ``tie_weights`` shares the embedding with the output head.
+    The model, both splits and the validation positions live on ``device``.
     """
+    device = torch.device(device)
     for key, value in {"n_layer": n_layer, "context": context, "batch_size": batch_size}.items():
         if value < 1:
             raise ValueError(f"{key} must be in [1, inf), got {value}")
     if eval_batches < 1:
         raise ValueError(f"eval_batches must be in [1, inf), got {eval_batches}")
     corpus = load_stdlib_corpus(max_chars)
-    train, val = corpus.train, corpus.val
+    train, val = corpus.train.to(device), corpus.val.to(device)
     if min(len(train), len(val)) < context + 1:
         raise ValueError(
             f"context={context} needs more characters than the splits have "
@@ -149,8 +156,11 @@ def make(
         )
     generator = torch.Generator().manual_seed(seed)
     data_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-    model = _build(corpus.vocab_size, context, n_layer, d_model, n_head, tie_weights, generator)
+    model = _build(corpus.vocab_size, context, n_layer, d_model, n_head, tie_weights, generator).to(device)
+    if tie_weights:
+        model.head.weight = model.tok.weight
     eval_starts = torch.linspace(0, len(val) - context - 1, eval_batches * EVAL_BATCH_SIZE).round().long()
+    eval_starts = eval_starts.to(device)
 
     def next_batch() -> tuple[Tensor, Tensor]:
         starts = torch.randint(len(train) - context, (batch_size,), generator=data_generator)
@@ -181,5 +191,6 @@ def make(
             "python_version": corpus.python_version,
             "train_chars": len(train),
             "val_chars": len(val),
+            "device": str(device),
         },
     )

@@ -3,7 +3,9 @@
 Both models read flat 64-pixel rows, so they share one batch stream per seed. The seed fixes the
 initial weights and the batch order through two local ``torch.Generator`` objects (the batch
 generator is seeded by the first draw of the init one, so changing the model's width leaves the
-batch order unchanged); the global RNG is never used.
+batch order unchanged); the global RNG is never used. Weights and batch indices are drawn on the
+CPU whatever the ``device``, so a seed gives the same run on any device; the model and the data
+then live on ``device``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ def build_seeded(factory: Callable[[], nn.Module], generator: torch.Generator) -
 
 
 class DigitsBatches:
-    """Mini-batches of the digits training split in reshuffled epochs; the incomplete tail is dropped."""
+    """Mini-batches of the digits training split in reshuffled epochs; the incomplete tail is dropped.
+
+    The order is drawn on the CPU from ``generator``; each batch's indices then move to the data's device.
+    """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator):
         if not 1 <= batch_size <= len(x):
@@ -55,6 +60,7 @@ class DigitsBatches:
         if len(self._order) < self.batch_size:
             self._order = torch.randperm(len(self.x), generator=self.generator)
         idx, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
+        idx = idx.to(self.x.device, non_blocking=True)
         return self.x[idx], self.y[idx]
 
 
@@ -70,12 +76,17 @@ def classification_task(
     batch_size: int,
     config: dict[str, object],
     loss: Callable[[nn.Module, tuple[Tensor, Tensor]], Tensor] = _cross_entropy,
+    device: str | torch.device = "cpu",
 ) -> Task:
-    """A digits ``Task``: seeded init and batches, metrics ``val_loss`` (cross-entropy) and ``val_acc``."""
-    x_train, y_train, x_val, y_val = load_digits_split()
+    """A digits ``Task``: seeded init and batches, metrics ``val_loss`` (cross-entropy) and ``val_acc``.
+
+    The weights are drawn on the CPU, then the model and both splits move to ``device``.
+    """
+    device = torch.device(device)
+    x_train, y_train, x_val, y_val = (t.to(device) for t in load_digits_split())
     generator = torch.Generator().manual_seed(seed)
     data_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-    model = build_seeded(factory, generator)
+    model = build_seeded(factory, generator).to(device)
 
     @torch.no_grad()
     def evaluate(m: nn.Module) -> dict[str, float]:
@@ -91,20 +102,22 @@ def classification_task(
         next_batch=DigitsBatches(x_train, y_train, batch_size, data_generator),
         loss=loss,
         evaluate=evaluate,
-        config={"seed": seed, "batch_size": batch_size, **config},
+        config={"seed": seed, "batch_size": batch_size, **config, "device": str(device)},
     )
 
 
-def make_mlp(seed: int = 0, *, hidden: int = 128, batch_size: int = 64) -> Task:
+def make_mlp(
+    seed: int = 0, *, hidden: int = 128, batch_size: int = 64, device: str | torch.device = "cpu"
+) -> Task:
     """``digits_mlp``: 64 -> ``hidden`` -> 10 with ReLU, cross-entropy on batches of ``batch_size``."""
 
     def factory() -> nn.Module:
         return nn.Sequential(nn.Linear(NUM_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, NUM_CLASSES))
 
-    return classification_task("digits_mlp", factory, seed, batch_size, {"hidden": hidden})
+    return classification_task("digits_mlp", factory, seed, batch_size, {"hidden": hidden}, device=device)
 
 
-def make_cnn(seed: int = 0, *, width: int = 16, batch_size: int = 64) -> Task:
+def make_cnn(seed: int = 0, *, width: int = 16, batch_size: int = 64, device: str | torch.device = "cpu") -> Task:
     """``digits_cnn``: conv(1->w) ReLU conv(w->2w) ReLU maxpool2 linear(2w*16 -> 10), 3x3 convs, pad 1."""
 
     def factory() -> nn.Module:
@@ -119,4 +132,4 @@ def make_cnn(seed: int = 0, *, width: int = 16, batch_size: int = 64) -> Task:
             nn.Linear(2 * width * 16, NUM_CLASSES),
         )
 
-    return classification_task("digits_cnn", factory, seed, batch_size, {"width": width})
+    return classification_task("digits_cnn", factory, seed, batch_size, {"width": width}, device=device)

@@ -1,7 +1,8 @@
 """Closed-form objectives whose optimum is known: Rosenbrock's valley and the noisy quadratic model.
 
 They cost microseconds per step, so they probe an optimizer's dynamics (ill-conditioning,
-gradient noise, divergence) without any data.
+gradient noise, divergence) without any data. Starting points, curvatures and noise are drawn or
+computed on the CPU whatever the ``device``, then moved there.
 """
 
 from __future__ import annotations
@@ -30,14 +31,23 @@ def _seeded_init(base: Tensor, init_noise: float, generator: torch.Generator) ->
     return base + init_noise * torch.randn(base.shape, generator=generator)
 
 
-def make_rosenbrock(seed: int = 0, *, a: float = 1.0, b: float = 100.0, init_noise: float = 0.0) -> Task:
+def make_rosenbrock(
+    seed: int = 0,
+    *,
+    a: float = 1.0,
+    b: float = 100.0,
+    init_noise: float = 0.0,
+    device: str | torch.device = "cpu",
+) -> Task:
     """``rosenbrock``: f(x, y) = (a - x)^2 + b (y - x^2)^2 from the classic start (-1.5, 2.0).
 
     The minimum is f = 0 at (a, a^2). The seed matters only through ``init_noise`` (the standard
     deviation of Gaussian noise added to the start); there is no data, so ``next_batch`` returns
     ``None``. Metrics: ``val_loss`` (f at the current point) and ``dist_to_opt``.
     """
-    optimum = torch.tensor([a, a * a])
+    device = torch.device(device)
+    start = _seeded_init(torch.tensor([-1.5, 2.0]), init_noise, torch.Generator().manual_seed(seed))
+    optimum = torch.tensor([a, a * a]).to(device)
 
     def f(model: nn.Module, batch: None = None) -> Tensor:
         x, y = model.w[0], model.w[1]
@@ -49,11 +59,11 @@ def make_rosenbrock(seed: int = 0, *, a: float = 1.0, b: float = 100.0, init_noi
 
     return Task(
         name="rosenbrock",
-        model=Point(_seeded_init(torch.tensor([-1.5, 2.0]), init_noise, torch.Generator().manual_seed(seed))),
+        model=Point(start).to(device),
         next_batch=lambda: None,
         loss=f,
         evaluate=evaluate,
-        config={"seed": seed, "a": a, "b": b, "init_noise": init_noise},
+        config={"seed": seed, "a": a, "b": b, "init_noise": init_noise, "device": str(device)},
     )
 
 
@@ -64,6 +74,7 @@ def make_noisy_quadratic(
     batch_size: int = 1,
     noise_scale: float = 1.0,
     init_noise: float = 0.0,
+    device: str | torch.device = "cpu",
 ) -> Task:
     """``noisy_quadratic``: the noisy quadratic model (NQM) of Zhang et al. 2019.
 
@@ -81,14 +92,16 @@ def make_noisy_quadratic(
         raise ValueError(f"batch_size must be in [1, inf), got {batch_size}")
     if noise_scale < 0:
         raise ValueError(f"noise_scale must be in [0, inf), got {noise_scale}")
+    device = torch.device(device)
     h = torch.logspace(-2.0, 0.0, dim)
-    target_std = (noise_scale / (h * batch_size)).sqrt()
+    target_std = (noise_scale / (h * batch_size)).sqrt().to(device)
+    h = h.to(device)
     generator = torch.Generator().manual_seed(seed)
     data_generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-    model = Point(_seeded_init(torch.ones(dim), init_noise, generator))
+    model = Point(_seeded_init(torch.ones(dim), init_noise, generator)).to(device)
 
     def next_batch() -> Tensor:
-        return target_std * torch.randn(dim, generator=data_generator)
+        return target_std * torch.randn(dim, generator=data_generator).to(device, non_blocking=True)
 
     def loss(model: nn.Module, target: Tensor) -> Tensor:
         return 0.5 * (h * (model.w - target) ** 2).sum()
@@ -109,5 +122,6 @@ def make_noisy_quadratic(
             "batch_size": batch_size,
             "noise_scale": noise_scale,
             "init_noise": init_noise,
+            "device": str(device),
         },
     )
