@@ -1,4 +1,4 @@
-"""The ``thrifty`` command: ``list`` the paper catalogue, ``bench`` the claims, ``train`` a workload."""
+"""The ``thrifty`` command: ``list`` the catalogue, ``bench`` the claims, ``speed`` optimizers, ``train`` a workload."""
 
 from __future__ import annotations
 
@@ -212,6 +212,48 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     return status
 
 
+def _cmd_speed(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import Progress
+
+    from thrifty.bench.env import environment
+    from thrifty.bench.speed import DEFAULT_SPECS, MODELS, measure_speed, parse_spec
+    from thrifty.optim import UnknownOptimizerError
+
+    specs = args.specs or list(DEFAULT_SPECS)
+    try:
+        for spec in specs:
+            parse_spec(spec)
+        if args.model not in MODELS:
+            raise ValueError(f"unknown model {args.model!r}; valid models: {', '.join(MODELS)}")
+        if args.rounds < 1:
+            raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
+    except (UnknownOptimizerError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task(f"timing {len(specs)} optimizers on {args.model}", total=args.rounds)
+        results = measure_speed(specs, args.model, args.rounds, on_round=lambda r: progress.advance(bar))
+    table = Table(
+        title=f"optimizer step on {args.model}, {args.rounds} interleaved rounds",
+        caption="x fused / x foreach: median step time over torch AdamW's; x state: state bytes over AdamW's",
+    )
+    table.add_column("optimizer", no_wrap=True)
+    for column in ("median ms", "mean ms", "1st ms", "x fused", "x foreach", "state MB", "x state"):
+        table.add_column(column, justify="right")
+    for r in results:
+        state_ratio = f"{r.state_ratio_vs_adamw:.2f}" if r.state_ratio_vs_adamw is not None else "-"
+        table.add_row(r.spec, f"{r.median_ms:.1f}", f"{r.mean_ms:.1f}", f"{r.first_step_ms:.0f}",
+                      f"{r.ratio_vs['adamw:fused']:.2f}", f"{r.ratio_vs['adamw:foreach']:.2f}",
+                      f"{r.state_bytes / 2**20:.1f}", state_ratio)
+    console.print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"model": args.model, "rounds": args.rounds, "environment": environment(),
+              "results": [r.to_dict() for r in results]}
+    (out / "speed.json").write_text(json.dumps(record, indent=1) + "\n")
+    console.print(f"wrote {out / 'speed.json'}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thrifty", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +280,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="run every implemented claim")
     p.add_argument("--field", help="run every claim of one field")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("speed", help="time optimizer steps and count state bytes against torch's AdamW")
+    p.add_argument("specs", nargs="*", metavar="NAME[:VARIANT]",
+                   help="optimizers, e.g. soap sgd_sai:single adamw:fused (variants: fused, foreach, single)")
+    p.add_argument("--model", default="mlp8m", help="mlp8m (8.4M parameters, default), mlp1m, mlp50k")
+    p.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
+    p.add_argument("--out", default="bench-results", help="output folder for speed.json")
+    p.set_defaults(func=_cmd_speed)
 
     p = sub.add_parser("train", help="train one embedded workload with one optimizer")
     p.add_argument("workload", help="digits_mlp, digits_cnn, charlm, logreg, rosenbrock, noisy_quadratic")

@@ -111,6 +111,7 @@ def run_claims(
                 console.print(f"[red]claim {claim.key} crashed:[/red] {exc!r}")
             if current:
                 progress.remove_task(current.pop())
+            console.print(f"{claim.key}: {result.verdict} ({result.seconds:.0f} s)")
             run.results.append(result)
             progress.advance(overall)
     run.seconds = time.perf_counter() - start

@@ -68,8 +68,10 @@ class ThriftyOptimizer(torch.optim.Optimizer):
     """Base class: gathers parameters with gradients and picks the reference or foreach path.
 
     Subclasses implement ``_step_group(group, params, use_foreach)``. ``foreach=None`` (the
-    default) takes the multi-tensor path whenever every parameter is a plain dense tensor on
-    one of the devices torch's ``_foreach_*`` kernels support.
+    default) follows torch.optim: the multi-tensor path when every parameter is a plain dense
+    tensor on CUDA, the per-tensor path otherwise. On a CPU, torch's ``_foreach_*`` ops loop over
+    the tensors anyway and allocate more temporaries, so the per-tensor path is as fast or faster
+    (``thrifty speed`` measures both).
     """
 
     def _params_with_grad(self, group: Mapping[str, Any]) -> list[Tensor]:
@@ -90,9 +92,7 @@ class ThriftyOptimizer(torch.optim.Optimizer):
         foreach = group.get("foreach")
         if foreach is not None:
             return bool(foreach)
-        return all(type(p) is Tensor or isinstance(p, torch.nn.Parameter) for p in params) and all(
-            p.device.type in ("cpu", "cuda") for p in params
-        )
+        return all(type(p) in (Tensor, torch.nn.Parameter) and p.device.type == "cuda" for p in params)
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], use_foreach: bool) -> None:
         raise NotImplementedError

@@ -1,0 +1,128 @@
+"""Optimizer step time and state memory, side by side with torch's AdamW, as ratios.
+
+Each optimizer steps its own copy of the same parameters with the same fixed gradients; the
+optimizers are timed in interleaved rounds (one step of each per round) so that background
+load on a shared machine hits them alike, and the median per optimizer is divided by the
+baselines' medians. Absolute times on a noisy machine mean little; the ratios are the result.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from thrifty.optim import create_optimizer, get_optimizer_class, state_bytes
+
+__all__ = ["MODELS", "SpeedResult", "measure_speed", "parse_spec"]
+
+MODELS: dict[str, tuple[int, ...]] = {
+    "mlp8m": (1024, 2048, 2048, 1024, 10),
+    "mlp1m": (256, 1024, 512, 256, 10),
+    "mlp50k": (64, 256, 128, 10),
+}
+
+DEFAULT_SPECS = ("adamw:fused", "adamw:foreach", "adamw:single", "soap", "sgd_sai", "sgd_sai:single",
+                 "diffgrad", "diffgrad:single")
+
+_VARIANTS: dict[str, dict[str, Any]] = {
+    "fused": {"fused": True},
+    "foreach": {"foreach": True},
+    "single": {"foreach": False},
+}
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name[:variant]"`` -> (optimizer name, constructor kwargs); variants: fused, foreach, single."""
+    name, _, variant = spec.partition(":")
+    get_optimizer_class(name)
+    if variant and variant not in _VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} in {spec!r}; valid variants: {', '.join(_VARIANTS)}")
+    return name, dict(_VARIANTS.get(variant, {}))
+
+
+@dataclass
+class SpeedResult:
+    spec: str
+    median_ms: float
+    mean_ms: float
+    first_step_ms: float
+    state_bytes: int
+    ratio_vs: dict[str, float]
+    state_ratio_vs_adamw: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _mlp(widths: Sequence[int], generator: torch.Generator) -> nn.Module:
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+    return model
+
+
+def measure_speed(
+    specs: Sequence[str] = DEFAULT_SPECS,
+    model: str = "mlp8m",
+    rounds: int = 20,
+    baselines: Sequence[str] = ("adamw:fused", "adamw:foreach"),
+    on_round: Callable[[int], None] | None = None,
+) -> list[SpeedResult]:
+    """Median optimizer-step time of each spec over interleaved rounds, and ratios to ``baselines``.
+
+    The first step is timed separately (SOAP's first step only builds its preconditioner); the
+    mean includes periodic work such as SOAP's eigenbasis refresh, which the median skips.
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be in [1, inf), got {rounds}")
+    all_specs = list(dict.fromkeys([*baselines, *specs]))
+    generator = torch.Generator().manual_seed(0)
+    base = _mlp(MODELS[model], generator)
+    grads = [torch.randn(p.shape, generator=generator) * 1e-3 for p in base.parameters()]
+    optimizers = {}
+    for spec in all_specs:
+        name, kwargs = parse_spec(spec)
+        params = [nn.Parameter(p.detach().clone()) for p in base.parameters()]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        optimizers[spec] = create_optimizer(params, name, **kwargs)
+    first = {}
+    for spec, opt in optimizers.items():
+        start = time.perf_counter()
+        opt.step()
+        first[spec] = (time.perf_counter() - start) * 1e3
+    times: dict[str, list[float]] = {spec: [] for spec in optimizers}
+    for r in range(rounds):
+        for spec, opt in optimizers.items():
+            start = time.perf_counter()
+            opt.step()
+            times[spec].append((time.perf_counter() - start) * 1e3)
+        if on_round is not None:
+            on_round(r)
+    medians = {spec: statistics.median(t) for spec, t in times.items()}
+    adamw_bytes = state_bytes(optimizers[baselines[0]]) if baselines and baselines[0].startswith("adamw") else None
+    results = []
+    for spec, opt in optimizers.items():
+        nbytes = state_bytes(opt)
+        results.append(SpeedResult(
+            spec=spec,
+            median_ms=medians[spec],
+            mean_ms=statistics.fmean(times[spec]),
+            first_step_ms=first[spec],
+            state_bytes=nbytes,
+            ratio_vs={b: medians[spec] / medians[b] for b in baselines},
+            state_ratio_vs_adamw=nbytes / adamw_bytes if adamw_bytes else None,
+        ))
+    return results
