@@ -187,6 +187,9 @@ def sgd_sai_claim(ctx: ClaimContext) -> ClaimOutcome:
         f"SGD-SaI final val loss {sai_loss:.4f} vs tuned AdamW {adamw_loss:.4f} ({gap:+.1%}; held if "
         f"<= +2%) with {bytes_ratio:.2f}x its state bytes (held if <= 0.51x); SGDM {sgd_final:.4f} (seed 0)"
     )
+    edges = [name for name, t in (("AdamW", table), ("SGD-SaI", sai_table)) if "grid's edge" in _grid_note(t)]
+    if edges:
+        summary += f"; best lr at the grid's edge for {' and '.join(edges)}"
     return ClaimOutcome(
         verdict,
         summary,
