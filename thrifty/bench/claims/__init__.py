@@ -1,14 +1,15 @@
-"""The registry of claims. Each field has one module of claims, imported on first lookup."""
+"""The registry of claims. Every module of this package registers its claims when imported; all of
+them are imported on the first lookup, so adding a claim means adding a module (or a function to one)."""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from thrifty.bench.claim import Claim
 
 __all__ = ["UnknownClaimError", "all_claims", "default_claims", "get_claim", "register"]
 
-_MODULES = ("thrifty.bench.claims.optim",)
 _REGISTRY: dict[str, Claim] = {}
 _loaded = False
 
@@ -31,8 +32,8 @@ def register(claim: Claim) -> Claim:
 def _load() -> None:
     global _loaded
     if not _loaded:
-        for module in _MODULES:
-            importlib.import_module(module)
+        for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+            importlib.import_module(f"{__name__}.{module}")
         _loaded = True
 
 
