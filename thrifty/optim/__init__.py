@@ -10,16 +10,19 @@ from thrifty.optim.factory import (
     list_optimizers,
     register_optimizer,
 )
+from thrifty.optim.frugal import FRUGAL, frugal_param_groups
 from thrifty.optim.sgd_sai import SGDSaI
 from thrifty.optim.soap import SOAP
 
 __all__ = [
+    "FRUGAL",
     "SOAP",
     "DiffGrad",
     "OptimInfo",
     "SGDSaI",
     "UnknownOptimizerError",
     "create_optimizer",
+    "frugal_param_groups",
     "get_optimizer_class",
     "list_optimizers",
     "register_optimizer",

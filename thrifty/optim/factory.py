@@ -137,5 +137,10 @@ for _info_entry in (
         "thrifty.optim.soap:SOAP",
         "SOAP: Adam in the eigenbasis of Shampoo's preconditioner (Vyas et al., 2409.11321)",
     ),
+    OptimInfo(
+        "frugal",
+        "thrifty.optim.frugal:FRUGAL",
+        "FRUGAL: AdamW on a projected gradient slice, signSGD on the residual (Zmushko et al., 2411.07837)",
+    ),
 ):
     register_optimizer(_info_entry)
