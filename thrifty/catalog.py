@@ -179,6 +179,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "batching",
         "thrifty.batching.adadagrad:AdAdaGrad",
         methods=("adadagrad_norm",),
+        note="base optimizers AdaGrad and AdaGradNorm exist in thrifty.optim.adagrad; the batch-size tests do not yet",
     ),
     _p(
         "conadv",

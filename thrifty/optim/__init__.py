@@ -1,6 +1,7 @@
 """Optimizers: ``torch.optim.Optimizer`` subclasses, a name registry and a state-memory counter."""
 
 from thrifty.optim._core import state_bytes
+from thrifty.optim.adagrad import AdaGrad, AdaGradNorm
 from thrifty.optim.diffgrad import DiffGrad
 from thrifty.optim.factory import (
     OptimInfo,
@@ -17,6 +18,8 @@ from thrifty.optim.soap import SOAP
 __all__ = [
     "FRUGAL",
     "SOAP",
+    "AdaGrad",
+    "AdaGradNorm",
     "DiffGrad",
     "OptimInfo",
     "SGDSaI",

@@ -137,6 +137,12 @@ for _info_entry in (
         "thrifty.optim.soap:SOAP",
         "SOAP: Adam in the eigenbasis of Shampoo's preconditioner (Vyas et al., 2409.11321)",
     ),
+    OptimInfo("adagrad", "thrifty.optim.adagrad:AdaGrad", "AdaGrad, coordinate-wise (AdAdaGrad's base, 2402.11215)"),
+    OptimInfo(
+        "adagrad_norm",
+        "thrifty.optim.adagrad:AdaGradNorm",
+        "AdaGrad-Norm: one scalar accumulator per param group (AdAdaGrad's base, 2402.11215)",
+    ),
     OptimInfo(
         "frugal",
         "thrifty.optim.frugal:FRUGAL",
