@@ -27,8 +27,8 @@ MODELS: dict[str, tuple[int, ...]] = {
     "mlp50k": (64, 256, 128, 10),
 }
 
-DEFAULT_SPECS = ("adamw:fused", "adamw:foreach", "adamw:single", "soap", "sgd_sai", "sgd_sai:single",
-                 "diffgrad", "diffgrad:single")
+DEFAULT_SPECS = ("adamw:fused", "adamw:foreach", "adamw:single", "soap", "sgd_sai:single", "sgd_sai:foreach",
+                 "sgd_sai:fused", "diffgrad:single", "diffgrad:foreach", "diffgrad:fused")
 
 _VARIANTS: dict[str, dict[str, Any]] = {
     "fused": {"fused": True},

@@ -9,13 +9,16 @@ counter used by benchmarks and claims.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "CompiledUpdate",
     "ThriftyOptimizer",
     "check_betas",
     "check_range",
@@ -109,6 +112,52 @@ class ThriftyOptimizer(torch.optim.Optimizer):
             if params:
                 self._step_group(group, params, self._use_foreach(group, params))
         return loss
+
+
+class CompiledUpdate:
+    """A per-tensor update compiled once by ``torch.compile`` into one fused kernel per shape class.
+
+    This is the ``fused=True`` path of thrifty's optimizers: the elementwise update of one
+    parameter (reading the parameter, its gradient and its states once, writing them once) becomes
+    a single generated loop instead of a dozen eager passes. Hyperparameters arrive as one float64
+    tensor so that a changing learning rate never triggers a recompile. If compilation fails (no
+    C++ compiler, an unsupported backend), a warning is issued and the same function runs eagerly.
+    ``compile_seconds`` records how long the first (compiling) call took.
+    """
+
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self.fn = fn
+        self._compiled: Callable[..., None] | None = None
+        self.eager = False
+        self.compile_seconds: float | None = None
+
+    def __call__(self, *args: Any) -> None:
+        if self.eager:
+            self.fn(*args)
+            return
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
+            start = time.perf_counter()
+            try:
+                self._compiled(*args)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
+                warnings.warn(f"torch.compile of {self.fn.__name__} failed ({exc!r}); using the eager update",
+                              RuntimeWarning, stacklevel=3)
+                self.eager = True
+                self.fn(*args)
+            self.compile_seconds = time.perf_counter() - start
+            return
+        self._compiled(*args)
+
+
+def hyperparameters(values: Iterable[float], device: torch.device) -> Tensor:
+    """Scalars for a ``CompiledUpdate`` as one float64 tensor on the parameter's device."""
+    return torch.tensor(list(values), dtype=torch.float64, device=device)
+
+
+def check_fused(foreach: bool | None, fused: bool | None) -> None:
+    if fused and foreach:
+        raise ValueError("foreach and fused cannot both be True; fused=True already updates each tensor in one kernel")
 
 
 def _tensor_bytes(obj: Any, seen: set[int]) -> int:

@@ -1,0 +1,83 @@
+"""The ``fused=True`` (torch.compile) paths equal the reference paths; compile failures fall back to eager."""
+
+import copy as copy_module
+
+import pytest
+import torch
+
+from thrifty.optim import DiffGrad, SGDSaI
+from thrifty.optim._core import CompiledUpdate
+
+CASES = [
+    (DiffGrad, {"lr": 1e-2, "weight_decay": 0.1}),
+    (DiffGrad, {"lr": 1e-2, "maximize": True}),
+    (SGDSaI, {"lr": 1e-2, "weight_decay": 0.1}),
+    (SGDSaI, {"lr": 1e-2, "momentum": 0.5, "maximize": True}),
+]
+
+
+def _params(dtype):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 2, 2)]
+    return [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
+
+
+def _run(cls, kwargs, dtype, steps=12, **path):
+    params = [torch.nn.Parameter(p) for p in _params(dtype)]
+    opt = cls(params, **kwargs, **path)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("cls, kwargs", CASES)
+def test_fused_matches_reference(cls, kwargs, dtype, tol):
+    ref, _ = _run(cls, kwargs, dtype, foreach=False)
+    fused, _ = _run(cls, kwargs, dtype, fused=True)
+    for a, b in zip(ref, fused, strict=True):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("cls, kwargs", CASES[::2])
+def test_fused_state_dict_round_trip(cls, kwargs):
+    params, opt = _run(cls, kwargs, torch.float32, steps=5, fused=True)
+    copy = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = cls(copy, **kwargs, fused=True)
+    resumed.load_state_dict(copy_module.deepcopy(opt.state_dict()))  # as if read back from disk
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        for a, b in zip(params, copy, strict=True):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        opt.step()
+        resumed.step()
+    for a, b in zip(params, copy, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cls", [DiffGrad, SGDSaI])
+def test_foreach_and_fused_together_are_rejected(cls):
+    with pytest.raises(ValueError, match="foreach and fused"):
+        cls([torch.nn.Parameter(torch.zeros(2))], foreach=True, fused=True)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    calls = []
+    update = CompiledUpdate(lambda x: calls.append(x.clone()) or x.add_(1))
+    x = torch.zeros(3)
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        update(x)
+    update(x)
+    assert update.eager and torch.equal(x, torch.full((3,), 2.0)) and len(calls) == 2
+    assert update.compile_seconds is not None
