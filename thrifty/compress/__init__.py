@@ -1,0 +1,1 @@
+"""Compression: quantization (``thrifty.compress.quant``), shared by optimizer states, weight quantizers and layers."""

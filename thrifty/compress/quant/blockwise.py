@@ -1,0 +1,192 @@
+"""Block-wise 8-bit quantization: 256-entry code maps, one fp32 absmax per block.
+
+Paper: T. Dettmers, M. Lewis, S. Shleifer, L. Zettlemoyer, "8-bit Optimizers via Block-wise
+Quantization", arXiv:2110.02861 (ICLR 2022). Official code: bitsandbytes, ``functional.py``
+(``create_dynamic_map``, ``quantize_blockwise``).
+
+A tensor is flattened and cut into blocks of ``block_size`` elements (the last block may be
+shorter). Each block ``b`` is normalised by its absolute maximum and every element is replaced by
+the index of the nearest value of a sorted 256-entry code ``c`` in [-1, 1]::
+
+    s_b = max_i |x_i|                                  # fp32, one per block
+    q_i = argmin_j |x_i / s_b - c_j|                   # uint8
+    x_i ~ c[q_i] * s_b                                 # dequantization
+
+Normalising per block confines an outlier's damage to its own block, which is why the paper
+quantizes optimizer states block-wise rather than tensor-wise. The *dynamic* code spends its
+values on a base-10 exponent and a linear fraction, so it is precise for both small and large
+magnitudes; the unsigned variant doubles the resolution for non-negative tensors (Adam's second
+moment). Zero is a code value, so zeros and all-zero blocks come back exactly.
+
+The nearest code is found with ``torch.bucketize`` against the midpoints of adjacent codes (a
+binary search, 8 comparisons per element) rather than an argmin over all 256 codes. Ties at a
+midpoint go to the lower code. ``block_size=None`` makes the whole tensor one block (tensor-wise
+quantization, the ablation of the paper).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Quantized",
+    "dequantize_blockwise",
+    "dynamic_map",
+    "linear_map",
+    "quantize_blockwise",
+]
+
+
+class Quantized(NamedTuple):
+    """Codes (uint8, the input's shape) and one fp32 absmax per block; unpacks as a pair."""
+
+    codes: Tensor
+    absmax: Tensor
+
+
+def dynamic_map(signed: bool = True) -> Tensor:
+    """The sorted 256-entry dynamic code of the paper (``create_dynamic_map`` in bitsandbytes).
+
+    For each exponent ``e = 0 .. 6`` it adds the midpoints of an even grid on [0.1, 1] scaled by
+    ``10**(e - 6)``; the grid has ``2**e + 1`` points when signed (mirrored to the negative side)
+    and ``2**(e + 1) + 1`` when unsigned, which is 254 values either way. Exact 0 and 1 complete
+    it; the signed code's most negative value is -0.99297, not -1.
+    """
+    values: list[float] = [0.0, 1.0]
+    for e in range(7):
+        grid = torch.linspace(0.1, 1, 2 ** (e + (0 if signed else 1)) + 1, dtype=torch.float32)
+        means = (grid[:-1] + grid[1:]) / 2.0
+        values += (10 ** (e - 6) * means).tolist()
+        if signed:
+            values += (-(10 ** (e - 6)) * means).tolist()
+    return torch.tensor(sorted(values), dtype=torch.float32)
+
+
+def linear_map(signed: bool = True) -> Tensor:
+    """A 256-entry evenly spaced code with exact zero.
+
+    Unsigned: ``k / 255`` for ``k = 0 .. 255``. Signed: ``k / 127`` for ``k = -127 .. 127``, plus
+    a second zero to fill 256 entries (as bitsandbytes' ``create_linear_map``), so it is symmetric.
+    """
+    if signed:
+        values = torch.arange(-127, 128, dtype=torch.float32) / 127.0
+        return torch.sort(torch.cat([values, torch.zeros(1)])).values
+    return torch.arange(256, dtype=torch.float32) / 255.0
+
+
+def _check(x: Tensor, block_size: int | None) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"cannot quantize an empty tensor (shape {tuple(x.shape)})")
+    _check_block_size(block_size)
+
+
+def _check_block_size(block_size: int | None) -> None:
+    if block_size is None:
+        return
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+
+
+def _check_code(code: Tensor) -> None:
+    if not isinstance(code, Tensor) or code.shape != (256,) or not code.is_floating_point():
+        raise ValueError("code must be a floating-point tensor of 256 sorted values")
+
+
+def _block_absmax(flat: Tensor, block_size: int) -> Tensor:
+    """One absmax per block of ``flat`` (1-D), the last block possibly partial."""
+    n = flat.numel()
+    full = n // block_size
+    parts = []
+    if full:
+        parts.append(flat[: full * block_size].view(full, block_size).abs().amax(dim=1))
+    if n % block_size:
+        parts.append(flat[full * block_size :].abs().amax().view(1))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _per_element(values: Tensor, n: int, block_size: int) -> Tensor:
+    """Expand one value per block to one per element of a flat tensor of ``n`` elements."""
+    return values.repeat_interleave(block_size)[:n]
+
+
+def nearest_code(normalized: Tensor, code: Tensor) -> Tensor:
+    """Index (uint8) of the code value nearest each element of ``normalized`` (ties go lower)."""
+    midpoints = (code[:-1] + code[1:]) / 2
+    return torch.bucketize(normalized, midpoints, out_int32=True).to(torch.uint8)
+
+
+def stochastic_code(normalized: Tensor, code: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Index (uint8) of one of the two codes around each element, chosen so that the mean is exact.
+
+    An element between ``c_j <= y <= c_{j+1}`` rounds up with probability ``(y - c_j) / (c_{j+1} - c_j)``,
+    so ``E[c[q]] = y`` for every ``y`` inside the code's range; values outside it clamp to the end code.
+    """
+    lower = (torch.bucketize(normalized, code, right=True) - 1).clamp_(0, code.numel() - 2)
+    lo, hi = code[lower], code[lower + 1]
+    gap = hi - lo
+    p_up = torch.where(gap > 0, (normalized - lo) / torch.where(gap > 0, gap, 1.0), 0.0).clamp_(0.0, 1.0)
+    u = torch.rand(normalized.shape, generator=generator, device=normalized.device, dtype=normalized.dtype)
+    return (lower + (u < p_up)).to(torch.uint8)
+
+
+def quantize_blockwise(
+    x: Tensor,
+    code: Tensor | None = None,
+    block_size: int | None = 256,
+    stochastic: bool = False,
+    generator: torch.Generator | None = None,
+) -> Quantized:
+    """Quantize ``x`` to 8-bit codes with one fp32 absmax per ``block_size`` elements.
+
+    Args:
+        x: a non-empty floating-point tensor (computed in fp32 whatever its dtype).
+        code: a sorted 256-entry map (``dynamic_map(signed=True)`` when None).
+        block_size: elements per block (256 as current bitsandbytes and torchao, 2048 as the
+            paper); ``None`` for one block for the whole tensor.
+        stochastic: round to one of the two neighbouring codes at random, unbiased in expectation.
+        generator: random source for stochastic rounding.
+
+    Returns ``Quantized(codes, absmax)``: uint8 codes of ``x``'s shape and ``ceil(n / block_size)``
+    fp32 maxima. Non-finite values are not checked here; they give a non-finite absmax.
+    """
+    _check(x, block_size)
+    code = dynamic_map(True) if code is None else code
+    _check_code(code)
+    flat = x.detach().reshape(-1).float()
+    size = flat.numel() if block_size is None else block_size
+    absmax = _block_absmax(flat, size)
+    inverse = torch.where(absmax > 0, absmax.reciprocal(), 0.0)
+    normalized = flat * _per_element(inverse, flat.numel(), size)
+    code = code.to(device=flat.device, dtype=torch.float32)
+    codes = stochastic_code(normalized, code, generator) if stochastic else nearest_code(normalized, code)
+    return Quantized(codes.view(x.shape), absmax)
+
+
+def dequantize_blockwise(
+    codes: Tensor,
+    absmax: Tensor,
+    code: Tensor | None = None,
+    block_size: int | None = 256,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Invert ``quantize_blockwise``: ``code[codes] * absmax`` of each block, in ``dtype``."""
+    if codes.dtype != torch.uint8:
+        raise TypeError(f"codes must be uint8, got {codes.dtype}")
+    _check_block_size(block_size)
+    code = dynamic_map(True) if code is None else code
+    _check_code(code)
+    n = codes.numel()
+    size = n if block_size is None else block_size
+    if absmax.numel() != max(1, math.ceil(n / size)):
+        raise ValueError(f"absmax has {absmax.numel()} blocks, expected ceil({n} / {size})")
+    values = code.to(device=codes.device, dtype=torch.float32)[codes.reshape(-1).long()]
+    values.mul_(_per_element(absmax.float(), n, size))
+    return values.view(codes.shape).to(dtype)
