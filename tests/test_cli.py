@@ -116,3 +116,16 @@ def test_module_entry_point():
 
     result = subprocess.run([sys.executable, "-m", "thrifty", "list", "--json"], capture_output=True, text=True)
     assert result.returncode == 0 and len(json.loads(result.stdout)) == 63
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert (tmp_path / "opt.pt").exists()
+    assert namespace["accuracy"] > 0.8
