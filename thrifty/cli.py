@@ -284,7 +284,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speed", help="time optimizer steps and count state bytes against torch's AdamW")
     p.add_argument("specs", nargs="*", metavar="NAME[:VARIANT]",
                    help="optimizers, e.g. soap sgd_sai:single adamw:fused (variants: fused, foreach, single)")
-    p.add_argument("--model", default="mlp8m", help="mlp8m (8.4M parameters, default), mlp1m, mlp50k")
+    p.add_argument("--model", default="mlp8m",
+                   help="mlp8m (8.4M parameters, default), mlp1m, mlp50k, or charlm (the char-LM workload)")
     p.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
     p.add_argument("--out", default="bench-results", help="output folder for speed.json")
     p.set_defaults(func=_cmd_speed)

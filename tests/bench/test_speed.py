@@ -29,3 +29,10 @@ def test_speed_cli(tmp_path, capsys):
     assert [r["spec"] for r in record["results"]] == ["adamw:fused", "adamw:foreach", "diffgrad:single"]
     assert main(["speed", "nope"]) == 2
     assert "valid names" in capsys.readouterr().err
+
+
+def test_charlm_model_uses_true_gradients():
+    results = {r.spec: r for r in measure_speed(["sgd_sai:single"], model="charlm", rounds=1)}
+    assert results["sgd_sai:single"].state_ratio_vs_adamw < 0.51
+    with pytest.raises(ValueError, match="valid models"):
+        measure_speed(["soap"], model="resnet")

@@ -21,11 +21,12 @@ from thrifty.optim import create_optimizer, get_optimizer_class, state_bytes
 
 __all__ = ["MODELS", "SpeedResult", "measure_speed", "parse_spec"]
 
-MODELS: dict[str, tuple[int, ...]] = {
+_MLPS: dict[str, tuple[int, ...]] = {
     "mlp8m": (1024, 2048, 2048, 1024, 10),
     "mlp1m": (256, 1024, 512, 256, 10),
     "mlp50k": (64, 256, 128, 10),
 }
+MODELS = (*_MLPS, "charlm")
 
 DEFAULT_SPECS = ("adamw:fused", "adamw:foreach", "adamw:single", "soap", "sgd_sai:single", "sgd_sai:foreach",
                  "sgd_sai:fused", "diffgrad:single", "diffgrad:foreach", "diffgrad:fused")
@@ -60,15 +61,27 @@ class SpeedResult:
         return self.__dict__.copy()
 
 
-def _mlp(widths: Sequence[int], generator: torch.Generator) -> nn.Module:
-    layers: list[nn.Module] = []
+def _parameters_and_gradients(model: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Initial parameters and one fixed gradient per parameter.
+
+    The MLPs get random gradients of realistic scale; ``charlm`` (the default char-LM workload,
+    with its embeddings, norms and attention shapes) gets the true gradient of one batch.
+    """
+    generator = torch.Generator().manual_seed(0)
+    if model == "charlm":
+        from thrifty.bench.workloads import make_task
+
+        task = make_task("charlm", seed=0)
+        task.loss(task.model, task.next_batch()).backward()
+        params = list(task.model.parameters())
+        return [p.detach().clone() for p in params], [p.grad.detach().clone() for p in params]
+    widths = _MLPS[model]
+    params, grads = [], []
     for a, b in zip(widths[:-1], widths[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    model = nn.Sequential(*layers[:-1])
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
-    return model
+        for shape in ((b, a), (b,)):
+            params.append(torch.randn(shape, generator=generator) * 0.02)
+            grads.append(torch.randn(shape, generator=generator) * 1e-3)
+    return params, grads
 
 
 def measure_speed(
@@ -88,13 +101,11 @@ def measure_speed(
     if rounds < 1:
         raise ValueError(f"rounds must be in [1, inf), got {rounds}")
     all_specs = list(dict.fromkeys([*baselines, *specs]))
-    generator = torch.Generator().manual_seed(0)
-    base = _mlp(MODELS[model], generator)
-    grads = [torch.randn(p.shape, generator=generator) * 1e-3 for p in base.parameters()]
+    initial, grads = _parameters_and_gradients(model)
     optimizers = {}
     for spec in all_specs:
         name, kwargs = parse_spec(spec)
-        params = [nn.Parameter(p.detach().clone()) for p in base.parameters()]
+        params = [nn.Parameter(p.clone()) for p in initial]
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         optimizers[spec] = create_optimizer(params, name, **kwargs)
