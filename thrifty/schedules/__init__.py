@@ -1,0 +1,31 @@
+"""Learning-rate schedules, batch-size scaling rules and learning-rate learners.
+
+* :mod:`~thrifty.schedules.linear_decay`: linear decay and warm-up + cosine (``LambdaLR``s and multipliers);
+* :mod:`~thrifty.schedules.refined`: schedule refinement from logged gradient norms (arXiv 2310.07831);
+* :mod:`~thrifty.schedules.scaling`: linear / square-root learning-rate rules for a new batch size (arXiv 2006.09092);
+* :mod:`~thrifty.schedules.lanczos_lr`: learning rate and momentum from Lanczos Hessian eigenvalues (arXiv 2006.09092).
+"""
+
+from __future__ import annotations
+
+from thrifty.schedules.lanczos_lr import LanczosLR, hessian_eigenvalues, hvp_operator, lanczos
+from thrifty.schedules.linear_decay import linear_decay, linear_decay_factor, warmup_cosine, warmup_cosine_factor
+from thrifty.schedules.refined import RULES, RefinedLR, median_smooth, refine_schedule
+from thrifty.schedules.scaling import SCALING_RULES, scale_lr
+
+__all__ = [
+    "RULES",
+    "SCALING_RULES",
+    "LanczosLR",
+    "RefinedLR",
+    "hessian_eigenvalues",
+    "hvp_operator",
+    "lanczos",
+    "linear_decay",
+    "linear_decay_factor",
+    "median_smooth",
+    "refine_schedule",
+    "scale_lr",
+    "warmup_cosine",
+    "warmup_cosine_factor",
+]
