@@ -278,3 +278,15 @@ def test_cuda_matches_cpu(name):
         torch.testing.assert_close(torch.tensor(val[1]), torch.tensor(val[0]), rtol=1e-3, atol=0.0)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def test_fit_logs_the_global_gradient_norms_of_every_step():
+    task = make_task("logreg", seed=0)
+    opt = torch.optim.SGD(task.model.parameters(), lr=0.1)
+    curve = fit(task, opt, 3)
+    assert len(curve.grad_norms) == len(curve.grad_l1_norms) == 3
+    assert curve.to_dict()["grad_norms"] == curve.grad_norms
+    # the last logged norms are those of the gradient the optimizer used at step 3
+    grads = [p.grad for p in task.model.parameters()]
+    assert curve.grad_norms[-1] == pytest.approx(float(torch.cat([g.reshape(-1) for g in grads]).norm()))
+    assert curve.grad_l1_norms[-1] == pytest.approx(float(sum(g.abs().sum() for g in grads)))

@@ -3,7 +3,9 @@
 A workload is a factory ``make(seed, **config) -> Task``. A ``Task`` owns a freshly
 initialised model, a deterministic stream of training batches, a loss and a validation
 function. ``fit`` trains it with any optimizer and records a ``Curve`` against steps and
-against wall-clock seconds (training time only; evaluation is not timed).
+against wall-clock seconds (training time only; evaluation is not timed), and the global l2 and l1
+norms of every step's gradient, from which a later run can refine its learning-rate schedule
+(``thrifty.schedules.refine_schedule``).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class Task:
 
 @dataclass
 class Curve:
-    """Metrics of one training run: training loss every step, validation every ``eval_every``."""
+    """Metrics of one training run: training loss and gradient norms every step, validation every ``eval_every``."""
 
     steps: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
@@ -56,6 +58,8 @@ class Curve:
     eval_steps: list[int] = field(default_factory=list)
     eval_seconds: list[float] = field(default_factory=list)
     evals: list[dict[str, float]] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    grad_l1_norms: list[float] = field(default_factory=list)
 
     def metric(self, name: str) -> list[float]:
         """The validation metric ``name`` at every evaluation."""
@@ -72,7 +76,20 @@ class Curve:
             "eval_steps": self.eval_steps,
             "eval_seconds": self.eval_seconds,
             "evals": self.evals,
+            "grad_norms": self.grad_norms,
+            "grad_l1_norms": self.grad_l1_norms,
         }
+
+
+def _grad_norms(model: nn.Module) -> tuple[Tensor, Tensor]:
+    """The global l2 and l1 norms of the model's gradients (one multi-tensor kernel each, no sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        zero = torch.zeros(())
+        return zero, zero
+    l2 = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2)))
+    l1 = torch.stack(torch._foreach_norm(grads, 1)).sum()
+    return l2, l1
 
 
 def fit(
@@ -112,6 +129,7 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         loss = task.loss(model, batch)
         loss.backward()
+        l2, l1 = _grad_norms(model)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -122,6 +140,8 @@ def fit(
         curve.steps.append(step)
         curve.seconds.append(elapsed)
         curve.train_loss.append(value)
+        curve.grad_norms.append(float(l2))
+        curve.grad_l1_norms.append(float(l1))
         if on_step is not None:
             on_step(step, value)
         if step % eval_every == 0 or step == steps:
