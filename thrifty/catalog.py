@@ -151,6 +151,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "2302.02607",
         "optim",
         "thrifty.optim.sso:SSO",
+        status="implemented",
+        note="the official SGD_FMDOpt: eta an inverse step size, no 1/2 on the proximity term, Armijo inner steps",
     ),
     # schedules
     _p(
