@@ -119,6 +119,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "2411.07837",
         "optim",
         "thrifty.optim.frugal:FRUGAL",
+        status="implemented",
+        note="AdamW state-full part; SVD, random or whole-tensor subspaces; identity basis at density 1",
     ),
     _p(
         "agvm",
