@@ -102,6 +102,25 @@ def test_state_free_update_is_orthogonal_to_the_subspace(proj_type, shape):
     assert project_down(residual, projection, side).norm() < 1e-5 * residual.norm()
 
 
+@pytest.mark.parametrize(
+    ("proj_side", "basis", "moments"),
+    [
+        ("std", (12, 3), (3, 32)),
+        ("left", (12, 3), (3, 32)),
+        ("reverse_std", (8, 32), (12, 8)),
+        ("right", (8, 32), (12, 8)),
+    ],
+)
+def test_projection_side_and_rank(proj_side, basis, moments):
+    # GaLoreProjector's sides for a 12 x 32 weight at density 0.25: std projects the smaller side.
+    w = nn.Parameter(torch.zeros(12, 32))
+    w.grad = torch.randn(12, 32)
+    opt = FRUGAL([w], density=0.25, proj_side=proj_side)
+    opt.step()
+    assert opt.state[w]["projection"].shape == basis
+    assert opt.state[w]["exp_avg"].shape == moments
+
+
 def test_state_is_reset_when_the_subspace_changes():
     model = _model()
     opt = FRUGAL(_groups(model), lr=1e-2, density=0.25, update_gap=3, betas=(0.9, 0.95))
@@ -210,6 +229,7 @@ def test_state_dict_round_trip_resumes_bit_identically(proj_type):
         ({"inactive_lr_scale": -1.0}, "inactive_lr_scale"),
         ({"proj_params_lr_scale": -1.0}, "proj_params_lr_scale"),
         ({"projectable": "yes"}, "projectable"),
+        ({"seed": 1.5}, "seed"),
     ],
 )
 def test_invalid_hyperparameters_raise(kwargs, name):

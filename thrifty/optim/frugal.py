@@ -259,7 +259,8 @@ class FRUGAL(ThriftyOptimizer):
         return basis.to(device=grad.device, dtype=grad.dtype).contiguous()
 
     def _update_blocks(self, group: dict[str, Any], params: list[Tensor], refresh: bool) -> None:
-        """Every ``update_gap`` steps draw the state-full tensors; those leaving the set lose their moments."""
+        """Every ``update_gap`` steps (and when a tensor gets its first gradient) draw the state-full tensors;
+        those leaving the set lose their moments, those staying keep them."""
         if not refresh and all("active" in self.state[p] for p in params):
             return
         generator = torch.Generator().set_state(group["rng_state"])
@@ -320,6 +321,8 @@ def _check_group(group: dict[str, Any]) -> None:
     _check_choice("inactive_update_rule", group["inactive_update_rule"], INACTIVE_RULES)
     check_range("inactive_lr_scale", group["inactive_lr_scale"])
     check_range("proj_params_lr_scale", group["proj_params_lr_scale"])
+    if isinstance(group["seed"], bool) or not isinstance(group["seed"], int):
+        raise ValueError(f"seed must be an integer or None, got {group['seed']!r}")
     if group["projectable"] not in (None, True, False):
         raise ValueError(f"projectable must be True, False or None, got {group['projectable']!r}")
     if group["projectable"] and group["proj_type"] != "block":
