@@ -148,5 +148,20 @@ for _info_entry in (
         "thrifty.optim.frugal:FRUGAL",
         "FRUGAL: AdamW on a projected gradient slice, signSGD on the residual (Zmushko et al., 2411.07837)",
     ),
+    OptimInfo(
+        "adam8bit",
+        "thrifty.optim.adam8bit:Adam8bit",
+        "Adam with 8-bit block-wise quantized moments (Dettmers et al., 2110.02861)",
+    ),
+    OptimInfo(
+        "adamw8bit",
+        "thrifty.optim.adam8bit:AdamW8bit",
+        "AdamW with 8-bit block-wise quantized moments (Dettmers et al., 2110.02861)",
+    ),
+    OptimInfo(
+        "sgd8bit",
+        "thrifty.optim.sgd8bit:SGD8bit",
+        "SGD with an 8-bit block-wise quantized momentum buffer (Dettmers et al., 2110.02861)",
+    ),
 ):
     register_optimizer(_info_entry)

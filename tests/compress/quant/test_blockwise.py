@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from thrifty.compress.quant import (
+    CodeLookup,
     Quantized,
     dequantize_blockwise,
     dynamic_map,
     linear_map,
+    nearest_code,
     quantize_blockwise,
 )
 
@@ -238,3 +240,35 @@ def test_agrees_with_bitsandbytes_live():
         code = dynamic_map(signed)
         q_ref, state = F.quantize_blockwise(x, code=code, blocksize=block_size)
         _assert_agrees(x, code, block_size, q_ref, state.absmax, F.dequantize_blockwise(q_ref, state))
+
+
+@pytest.mark.parametrize("name", list(MAPS))
+def test_code_lookup_equals_bucketize(name):
+    code = MAPS[name]()
+    lookup = CodeLookup(code)
+    assert lookup.exact
+    mid = (code[:-1] + code[1:]) / 2
+    g = torch.Generator().manual_seed(7)
+    y = torch.cat(
+        [
+            torch.rand(20_000, generator=g) * 2 - 1,
+            (torch.rand(5_000, generator=g) * 2 - 1) * 1e-4,
+            code,
+            mid,
+            torch.nextafter(mid, torch.full_like(mid, 2.0)),
+            torch.nextafter(mid, torch.full_like(mid, -2.0)),
+            torch.tensor([0.0, -0.0, 1.0, -1.0, 1.0000001, -1.0000001, 1e-30, -1e-30]),
+        ]
+    )
+    assert torch.equal(lookup(y), nearest_code(y, code))
+    out = torch.empty(y.shape, dtype=torch.uint8)
+    lookup(y.view(-1, 1), out=out.view(-1, 1))
+    assert torch.equal(out, nearest_code(y, code))
+
+
+def test_code_lookup_falls_back_for_crowded_maps():
+    code = torch.sort(torch.cat([torch.linspace(0.5, 0.5001, 255), torch.zeros(1)])).values
+    lookup = CodeLookup(code)
+    assert not lookup.exact
+    y = torch.rand(1000) * 0.6
+    assert torch.equal(lookup(y), nearest_code(y, code))

@@ -1,6 +1,7 @@
 """Quantization: the block-wise 8-bit core (code maps, quantize/dequantize with one absmax per block)."""
 
 from thrifty.compress.quant.blockwise import (
+    CodeLookup,
     Quantized,
     dequantize_blockwise,
     dynamic_map,
@@ -11,6 +12,7 @@ from thrifty.compress.quant.blockwise import (
 )
 
 __all__ = [
+    "CodeLookup",
     "Quantized",
     "dequantize_blockwise",
     "dynamic_map",

@@ -20,24 +20,29 @@ moment). Zero is a code value, so zeros and all-zero blocks come back exactly.
 
 The nearest code is found with ``torch.bucketize`` against the midpoints of adjacent codes (a
 binary search, 8 comparisons per element) rather than an argmin over all 256 codes. Ties at a
-midpoint go to the lower code. ``block_size=None`` makes the whole tensor one block (tensor-wise
-quantization, the ablation of the paper).
+midpoint go to the lower code. ``CodeLookup`` finds the same indices by a table lookup on the
+float's top 16 bits, for code that quantizes often (the 8-bit optimizers). ``block_size=None``
+makes the whole tensor one block (tensor-wise quantization, the ablation of the paper).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "CodeLookup",
     "Quantized",
     "dequantize_blockwise",
     "dynamic_map",
     "linear_map",
+    "nearest_code",
     "quantize_blockwise",
+    "stochastic_code",
 ]
 
 
@@ -118,9 +123,50 @@ def _per_element(values: Tensor, n: int, block_size: int) -> Tensor:
 
 
 def nearest_code(normalized: Tensor, code: Tensor) -> Tensor:
-    """Index (uint8) of the code value nearest each element of ``normalized`` (ties go lower)."""
+    """Index (uint8) of the code value nearest each element of ``normalized`` (ties go lower).
+
+    A binary search against the midpoints of adjacent codes; ``CodeLookup`` gives the same indices
+    faster for fp32 input.
+    """
     midpoints = (code[:-1] + code[1:]) / 2
     return torch.bucketize(normalized, midpoints, out_int32=True).to(torch.uint8)
+
+
+class CodeLookup:
+    """Nearest-code search by table lookup on the top 16 bits of fp32 values, equal to ``nearest_code``.
+
+    The top 16 bits of a float32 (sign, exponent, 7 mantissa bits) split the real line into 65,536
+    intervals. For each interval the table holds the nearest code ``c`` of its lowest value and the
+    midpoint between ``c`` and ``c + 1``; when no interval contains two midpoints (checked when the
+    table is built; true for the dynamic and linear maps) the nearest code of any ``y`` in it is
+    ``c + (y > midpoint)``: two gathers and a comparison instead of ``torch.bucketize``'s binary
+    search, which is about 15 times slower on a CPU. Maps that fail the check use ``bucketize``.
+    """
+
+    def __init__(self, code: Tensor) -> None:
+        _check_code(code)
+        self.code = code.float()
+        self.midpoints = (self.code[:-1] + self.code[1:]) / 2
+        top = torch.arange(65536, dtype=torch.int64, device=code.device) << 16
+        low_bits = torch.where(top >= 2**31, top - 2**32, top).to(torch.int32)
+        ends = torch.stack([low_bits.view(torch.float32), (low_bits | 0xFFFF).view(torch.float32)])
+        lowest = ends.amin(0).nan_to_num(0.0)
+        highest = ends.amax(0).nan_to_num(0.0)
+        first = torch.bucketize(lowest, self.midpoints)
+        self.exact = bool((torch.bucketize(highest, self.midpoints) - first).max() <= 1)
+        self.first = first.to(torch.uint8)
+        self.threshold = torch.cat([self.midpoints, self.midpoints.new_full((1,), math.inf)])[first]
+        self._half = 1 if sys.byteorder == "little" else 0
+
+    def __call__(self, normalized: Tensor, out: Tensor | None = None) -> Tensor:
+        """Index (uint8) of the nearest code of each element; written into ``out`` when given."""
+        if not self.exact or normalized.dtype != torch.float32 or not normalized.is_contiguous():
+            codes = torch.bucketize(normalized, self.midpoints, out_int32=True)
+            return codes.to(torch.uint8) if out is None else out.copy_(codes)
+        keys = normalized.view(torch.uint16)[..., self._half :: 2].to(torch.int32)
+        above = torch.gt(normalized, self.threshold.index_select(0, keys.view(-1)).view_as(normalized))
+        first = self.first.index_select(0, keys.view(-1)).view_as(normalized)
+        return torch.add(first, above) if out is None else torch.add(first, above, out=out)
 
 
 def stochastic_code(normalized: Tensor, code: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -1,0 +1,264 @@
+"""Machinery shared by the 8-bit optimizers: quantized state buffers, the 32-bit opt-out, the finite-gradient guard.
+
+A state tensor of at least ``min_8bit_size`` elements is stored as uint8 codes (the parameter's
+shape) plus one fp32 absmax per ``block_size`` elements, through ``thrifty.compress.quant``. Each
+step dequantizes it, runs the optimizer's update in fp32 and requantizes it with fresh maxima
+(Dettmers et al., arXiv 2110.02861). Smaller tensors, and parameters marked with
+``keep_32bit_state`` (``StableEmbedding`` does this for its weight), keep fp32 state.
+
+Two paths compute the same numbers: the reference path dequantizes whole tensors with the core's
+``dequantize_blockwise`` and requantizes with ``quantize_blockwise``; the fast path walks each
+tensor in chunks of whole blocks small enough to stay in cache and finds nearest codes with
+``CodeLookup`` tables, and is what ``fused=None`` (the default) picks. Tests check they agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from itertools import chain
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from thrifty.compress.quant.blockwise import (
+    CodeLookup,
+    _check_block_size,
+    dequantize_blockwise,
+    dynamic_map,
+    linear_map,
+    quantize_blockwise,
+)
+from thrifty.optim._core import ThriftyOptimizer, check_range
+
+__all__ = ["STATE_BITS_ATTR", "BlockwiseOptimizer", "keep_32bit_state"]
+
+STATE_BITS_ATTR = "thrifty_state_bits"
+"""Parameter attribute read by the 8-bit optimizers: ``32`` keeps that parameter's state in fp32."""
+
+QUANT_MAPS = ("dynamic", "linear")
+CHUNK = 1 << 18  # elements per fast-path chunk: 1 MiB fp32 temporaries, large enough to amortise Python overhead
+
+
+def keep_32bit_state(param: Tensor) -> Tensor:
+    """Mark ``param`` so that 8-bit optimizers keep its state in fp32 (bitsandbytes' ``optim_bits=32`` override)."""
+    setattr(param, STATE_BITS_ATTR, 32)
+    return param
+
+
+class _Codebook:
+    """A code map, its nearest-code lookup table and the index of its zero, on one device."""
+
+    def __init__(self, code: Tensor) -> None:
+        self.code = code
+        self.nearest = CodeLookup(code)
+        self.zero_index = int(torch.nonzero(code == 0)[0])
+
+
+_BOOKS: dict[tuple[str, bool, torch.device], _Codebook] = {}
+
+
+def codebook(name: str, signed: bool, device: torch.device) -> _Codebook:
+    key = (name, signed, device)
+    if key not in _BOOKS:
+        make = dynamic_map if name == "dynamic" else linear_map
+        _BOOKS[key] = _Codebook(make(signed).to(device))
+    return _BOOKS[key]
+
+
+def _blocks(x: Tensor, size: int) -> tuple[Tensor | None, Tensor | None]:
+    """A 1-D tensor as a (blocks, size) view of its whole blocks and the 1-D partial tail."""
+    full = x.numel() // size
+    head = x[: full * size].view(full, size) if full else None
+    tail = x[full * size :] if x.numel() % size else None
+    return head, tail
+
+
+def _dequantize_chunk(codes: Tensor, absmax: Tensor, book: _Codebook, size: int) -> Tensor:
+    """fp32 values of a chunk of codes (1-D, starting on a block boundary) and the chunk's maxima."""
+    values = book.code.index_select(0, codes.int())
+    head, tail = _blocks(values, size)
+    if head is not None:
+        head.mul_(absmax[: head.shape[0], None])
+    if tail is not None:
+        tail.mul_(absmax[-1])
+    return values
+
+
+def _quantize_chunk(values: Tensor, codes: Tensor, absmax: Tensor, book: _Codebook, size: int, signed: bool) -> None:
+    """Write the codes and maxima of a chunk of fp32 values into ``codes`` and ``absmax`` (views of the state)."""
+    head, tail = _blocks(values, size)
+    if head is not None:
+        if signed:  # two reductions beat abs() + one: no temporary, and aminmax is slow on CPU
+            block_max = torch.maximum(head.amin(dim=1).neg_(), head.amax(dim=1))
+        else:
+            block_max = head.amax(dim=1)
+        absmax[: head.shape[0]] = block_max
+    if tail is not None:
+        absmax[-1] = tail.abs().max()
+    inverse = torch.where(absmax > 0, absmax.reciprocal(), 0.0)
+    if head is not None:
+        head.mul_(inverse[: head.shape[0], None])
+    if tail is not None:
+        tail.mul_(inverse[-1])
+    book.nearest(values, out=codes)
+
+
+class QuantizedState:
+    """An 8-bit state tensor: codes of the parameter's shape and one fp32 absmax per block."""
+
+    def __init__(self, codes: Tensor, absmax: Tensor, book: _Codebook, size: int, signed: bool) -> None:
+        self.codes, self.absmax, self.book, self.size, self.signed = codes, absmax, book, size, signed
+
+    def load(self) -> Tensor:
+        """The whole state in fp32 (reference path)."""
+        return dequantize_blockwise(self.codes, self.absmax, self.book.code, self.size).view(-1)
+
+    def save(self, values: Tensor) -> None:
+        """Requantize the whole state from fp32 ``values`` (reference path)."""
+        codes, absmax = quantize_blockwise(values, self.book.code, self.size)
+        self.codes.copy_(codes.view_as(self.codes))
+        self.absmax.copy_(absmax)
+
+    def load_chunk(self, start: int, end: int) -> Tensor:
+        """Elements ``start:end`` in fp32; ``start`` is a multiple of the block size (fast path)."""
+        blocks = slice(start // self.size, -(-end // self.size))
+        return _dequantize_chunk(self.codes.view(-1)[start:end], self.absmax[blocks], self.book, self.size)
+
+    def save_chunk(self, start: int, values: Tensor) -> None:
+        """Requantize elements ``start:start + len(values)`` from fp32 ``values`` (consumed; fast path)."""
+        end = start + values.numel()
+        blocks = slice(start // self.size, -(-end // self.size))
+        codes = self.codes.view(-1)[start:end]
+        _quantize_chunk(values, codes, self.absmax[blocks], self.book, self.size, self.signed)
+
+
+class BlockwiseOptimizer(ThriftyOptimizer):
+    """Base of the 8-bit optimizers: state allocation, the 32-bit rules, the finite guard, the chunk loop.
+
+    Subclasses list their state buffers in ``_states`` (name, signed) and implement ``_update``,
+    which advances fp32 views of the parameter, gradient and states in place for one step; the
+    same function serves the whole-tensor reference path and every chunk of the fast path.
+
+    A step whose gradients hold a NaN or an infinity (or whose squared norm overflows fp32) is
+    skipped for every parameter, with a ``RuntimeWarning``: no parameter, state or step counter
+    changes, so the quantized state is never poisoned (as ``torch.amp.GradScaler`` skips steps).
+    """
+
+    _states: tuple[tuple[str, bool], ...] = ()
+
+    @staticmethod
+    def _check_lowbit_options(min_8bit_size: int, block_size: int | None, quant_map: str) -> None:
+        check_range("min_8bit_size", min_8bit_size)
+        _check_block_size(block_size)
+        if quant_map not in QUANT_MAPS:
+            raise ValueError(f"quant_map must be one of {', '.join(QUANT_MAPS)}, got {quant_map!r}")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("fused", None)
+
+    def _is_8bit(self, p: Tensor, group: dict[str, Any]) -> bool:
+        return p.numel() >= group["min_8bit_size"] and getattr(p, STATE_BITS_ATTR, 8) != 32
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            eight = self._is_8bit(p, group)
+            size = group["block_size"] or p.numel()
+            for i, (_, signed) in enumerate(self._states, start=1):
+                if eight:
+                    book = codebook(group["quant_map"], signed, p.device)
+                    state[f"state{i}"] = torch.full(p.shape, book.zero_index, dtype=torch.uint8, device=p.device)
+                    state[f"absmax{i}"] = torch.zeros(-(-p.numel() // size), dtype=torch.float32, device=p.device)
+                else:
+                    state[f"state{i}"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+        return state
+
+    def _quantized(self, p: Tensor, group: dict[str, Any]) -> list[QuantizedState] | None:
+        state = self.state[p]
+        if state["state1"].dtype != torch.uint8:
+            return None
+        size = group["block_size"] or p.numel()
+        return [
+            QuantizedState(
+                state[f"state{i}"], state[f"absmax{i}"], codebook(group["quant_map"], signed, p.device), size, signed
+            )
+            for i, (_, signed) in enumerate(self._states, start=1)
+        ]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as torch does, but keep each state tensor's saved dtype and copy it.
+
+        ``torch.optim.Optimizer`` casts floating state to the parameter's dtype, which would turn
+        uint8 codes into floats and round fp32 maxima of a bf16 parameter; copying also keeps the
+        loaded state from aliasing the tensors of ``state_dict``.
+        """
+        saved = state_dict["state"]
+        super().load_state_dict(state_dict)
+        ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for param_id, p in zip(ids, params, strict=True):
+            for key, value in saved.get(param_id, {}).items():
+                if isinstance(value, Tensor):
+                    self.state[p][key] = value.to(device=p.device, copy=True)
+
+    def _update(self, group: dict[str, Any], step: int, p: Tensor, grad: Tensor, states: list[Tensor]) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One optimisation step, skipped with a warning if any gradient is not finite."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = [(group, self._params_with_grad(group)) for group in self.param_groups]
+        grads = [p.grad for _, params in work for p in params]
+        if grads:
+            squares = torch.stack([torch.dot(g.reshape(-1).float(), g.reshape(-1).float()) for g in grads])
+            if not bool(torch.isfinite(squares).all()):
+                warnings.warn(
+                    f"{type(self).__name__}: a gradient is NaN or infinite (or its squared norm overflows fp32); "
+                    "skipped this step, leaving parameters and optimizer state unchanged",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return loss
+        for group, params in work:
+            if params:
+                self._step_group(group, params, False)
+        return loss
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], use_foreach: bool) -> None:
+        fast = group["fused"] is not False
+        for p in params:
+            state = self._init_state(p, group)
+            state["step"] += 1
+            step = state["step"]
+            grad = p.grad.reshape(-1).float()
+            flat = p.detach().view(-1) if p.dtype == torch.float32 and p.is_contiguous() else p.detach().reshape(-1)
+            work = flat if flat.dtype == torch.float32 else flat.float()
+            quantized = self._quantized(p, group)
+            if quantized is None:
+                buffers = [state[f"state{i}"].view(-1) for i in range(1, 1 + len(self._states))]
+                self._update(group, step, work, grad, buffers)
+            elif not fast:
+                values = [q.load() for q in quantized]
+                self._update(group, step, work, grad, values)
+                for q, v in zip(quantized, values, strict=True):
+                    q.save(v)
+            else:
+                size = quantized[0].size
+                chunk = max(size, CHUNK // size * size)
+                for start in range(0, work.numel(), chunk):
+                    end = min(work.numel(), start + chunk)
+                    values = [q.load_chunk(start, end) for q in quantized]
+                    self._update(group, step, work[start:end], grad[start:end], values)
+                    for q, v in zip(quantized, values, strict=True):
+                        q.save_chunk(start, v)
+            if work.data_ptr() != p.data_ptr():
+                p.copy_(work.view_as(p))
