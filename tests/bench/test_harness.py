@@ -2,8 +2,10 @@ import json
 import math
 
 import pytest
+import torch
 
 from thrifty.bench.claim import HELD, NOT_HELD, Claim, ClaimContext, ClaimOutcome, Series
+from thrifty.bench.experiment import make_scheduler
 from thrifty.bench.report import write_all
 from thrifty.bench.runner import run_claims
 
@@ -63,3 +65,24 @@ def test_bad_arguments_raise():
         ClaimOutcome("maybe", "x")
     with pytest.raises(ValueError, match="seeds"):
         ClaimContext("smoke", [])
+
+
+def test_make_scheduler_names_and_refined_tuples():
+    def lrs(schedule, steps=20):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched = make_scheduler(opt, schedule, steps)
+        out = []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if sched is not None:
+                sched.step()
+        return out
+
+    assert lrs("constant") == [1.0] * 20
+    assert lrs("linear")[:2] == pytest.approx([1.0, 0.95])
+    assert lrs("warmup_linear")[:3] == pytest.approx([1.0, 1.0, 1 - 1 / 19])  # 1 warm-up step (5% of 20)
+    assert lrs("warmup_cosine")[-1] < 0.01
+    assert lrs((1.0, 0.0), steps=3) == pytest.approx([1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lrs("step")

@@ -72,7 +72,7 @@ def test_lanczos_lr_sets_polyak_heavy_ball_rates_on_a_quadratic():
     eig = torch.tensor([1.0, 4.0, 9.0, 16.0], dtype=torch.float64)
     x = torch.nn.Parameter(torch.ones(4, dtype=torch.float64))
     opt = torch.optim.SGD([x], lr=1.0, momentum=0.0)
-    sched = LanczosLR(opt, every=10, iters=4)
+    sched = LanczosLR(opt, every=10, iters=4, scale=1.0)
     for _ in range(30):
         sched.step(lambda: 0.5 * (eig * x * x).sum())
         opt.zero_grad()
@@ -87,11 +87,13 @@ def test_lanczos_lr_sets_polyak_heavy_ball_rates_on_a_quadratic():
 def test_lanczos_lr_rules_and_bad_input():
     p = torch.nn.Parameter(torch.zeros(2))
     sched = LanczosLR(torch.optim.SGD([p], lr=0.1), momentum=False, max_condition=10.0)
-    assert sched.rates(10.0, -3.0) == pytest.approx((2 / 11, 0.0))
+    assert sched.rates(10.0, -3.0) == pytest.approx((0.25 * 2 / 11, 0.0))
     with pytest.raises(ValueError, match="momentum"):
         LanczosLR(torch.optim.Adam([p]))
     with pytest.raises(ValueError, match="every"):
         LanczosLR(torch.optim.SGD([p], lr=0.1), every=0)
+    with pytest.raises(ValueError, match="scale"):
+        LanczosLR(torch.optim.SGD([p], lr=0.1), scale=0.0)
     with pytest.raises(ValueError, match="max_condition"):
         LanczosLR(torch.optim.SGD([p], lr=0.1), max_condition=1.0)
     state = sched.state_dict()

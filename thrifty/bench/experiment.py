@@ -18,6 +18,7 @@ import torch
 from thrifty.bench.claim import ClaimContext, Series
 from thrifty.bench.workloads import Curve, NonFiniteLossError, fit, make_task
 from thrifty.optim import create_optimizer, state_bytes
+from thrifty.schedules import RefinedLR, linear_decay_factor, warmup_cosine_factor
 
 __all__ = [
     "MethodRuns",
@@ -25,9 +26,9 @@ __all__ = [
     "clear_cache",
     "default_device",
     "first_step_reaching",
+    "make_scheduler",
     "run_method",
     "tune_lr",
-    "warmup_cosine",
 ]
 
 
@@ -46,7 +47,7 @@ class RunSpec:
     opt_kwargs: tuple[tuple[str, Any], ...]
     steps: int
     eval_every: int
-    schedule: str = "constant"
+    schedule: str | tuple[float, ...] = "constant"
     device: str = "cpu"
 
     @classmethod
@@ -58,7 +59,7 @@ class RunSpec:
         opt_kwargs: dict[str, Any],
         steps: int,
         eval_every: int,
-        schedule: str = "constant",
+        schedule: str | tuple[float, ...] = "constant",
         device: str = "cpu",
     ) -> RunSpec:
         return cls(
@@ -104,17 +105,31 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def warmup_cosine(steps: int, warmup_frac: float = 0.05):
-    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to zero: a multiplier."""
-    warmup = max(1, int(round(warmup_frac * steps)))
+WARMUP_FRAC = 0.05
+SCHEDULES = ("constant", "linear", "warmup_linear", "warmup_cosine")
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return factor
+def _warmup_steps(steps: int) -> int:
+    return max(1, int(round(WARMUP_FRAC * steps)))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str | tuple[float, ...], steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The scheduler of a ``RunSpec.schedule``: a name of ``SCHEDULES`` (the warm-up ones warm up over 5% of
+    the steps) or a tuple of per-step multipliers (a refined schedule, stretched to ``steps``)."""
+    if isinstance(schedule, tuple):
+        return RefinedLR(optimizer, schedule, total_steps=steps)
+    if schedule == "constant":
+        return None
+    warmup = _warmup_steps(steps) if schedule.startswith("warmup_") else 0
+    if schedule in ("linear", "warmup_linear"):
+        factor = linear_decay_factor(steps, warmup)
+    elif schedule == "warmup_cosine":
+        factor = warmup_cosine_factor(steps, warmup)
+    else:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)} or a tuple of multipliers, got {schedule!r}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _train(spec: RunSpec, seed: int, advance) -> RunRecord:
@@ -124,11 +139,7 @@ def _train(spec: RunSpec, seed: int, advance) -> RunRecord:
         return _CACHE[key]
     task = make_task(spec.workload, seed=seed, device=spec.device, **dict(spec.config))
     optimizer = create_optimizer(task.model, spec.optimizer, **dict(spec.opt_kwargs))
-    scheduler = None
-    if spec.schedule == "warmup_cosine":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(spec.steps))
-    elif spec.schedule != "constant":
-        raise ValueError(f"schedule must be 'constant' or 'warmup_cosine', got {spec.schedule!r}")
+    scheduler = make_scheduler(optimizer, spec.schedule, spec.steps)
     try:
         curve = fit(
             task,
