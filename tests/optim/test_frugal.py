@@ -60,12 +60,13 @@ def test_density_one_without_state_free_rule_is_adamw(proj_type):
 def test_density_zero_with_sgd_rule_is_sgd(proj_type):
     a, b = _model(), _model()
     weights_a = [m.weight for m in a if isinstance(m, nn.Linear)]
-    ref = torch.optim.SGD(weights_a, lr=0.05)
+    ref = torch.optim.SGD(weights_a, lr=0.05)  # FRUGAL lr 0.1 x inactive_lr_scale 0.5
     opt = FRUGAL(
         [m.weight for m in b if isinstance(m, nn.Linear)],
-        lr=0.05,
+        lr=0.1,
         weight_decay=0.0,
         density=0.0,
+        inactive_lr_scale=0.5,
         projectable=True,
         proj_type=proj_type,
         inactive_update_rule="sgd",
@@ -100,6 +101,11 @@ def test_state_free_update_is_orthogonal_to_the_subspace(proj_type, shape):
     assert projection.shape == ((3, 12) if side == "right" else (12, 3))
     assert residual.norm() > 0.5 * grad.norm()
     assert project_down(residual, projection, side).norm() < 1e-5 * residual.norm()
+
+    w = nn.Parameter(w0.clone())
+    w.grad = grad.clone()
+    FRUGAL([w], lr=0.1, weight_decay=0.0, density=0.25, proj_type=proj_type, seed=3).step()  # sign_sgd
+    torch.testing.assert_close(after["no"] - w.detach(), 0.1 * residual.sign(), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
