@@ -129,3 +129,50 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         exec(compile(block, "README.md", "exec"), namespace)
     assert (tmp_path / "opt.pt").exists()
     assert namespace["accuracy"] > 0.8
+
+
+def test_train_schedules_and_refinement_from_a_previous_run(tmp_path, capsys):
+    first = tmp_path / "linear"
+    argv = ["train", "logreg", "--optimizer", "sgd", "--lr", "0.5", "--steps", "20", "--schedule", "linear",
+            "--warmup", "2", "--out", str(first)]
+    assert main(argv) == 0
+    record = json.loads((first / "metrics.json").read_text())
+    assert record["schedule"] == "linear" and record["warmup"] == 2
+    assert len(record["curve"]["grad_norms"]) == len(record["curve"]["grad_l1_norms"]) == 20
+    for optimizer, rule in (("sgd", "l2"), ("adamw", "l1")):
+        out = tmp_path / f"refined-{optimizer}"
+        argv = ["train", "logreg", "--optimizer", optimizer, "--steps", "10", "--refine-from",
+                str(first / "metrics.json"), "--out", str(out)]
+        assert main(argv) == 0
+        refined = json.loads((out / "metrics.json").read_text())
+        assert refined["schedule"] == "refined" and refined["refine_rule"] == rule
+    out = tmp_path / "override"
+    argv = ["train", "logreg", "--optimizer", "adamw", "--steps", "5", "--refine-from", str(first / "metrics.json"),
+            "--refine-rule", "l2", "--out", str(out)]
+    assert main(argv) == 0 and json.loads((out / "metrics.json").read_text())["refine_rule"] == "l2"
+
+
+@pytest.mark.parametrize(
+    "content, extra, message",
+    [
+        ({"curve": {"steps": [1, 2]}}, [], "has no gradient norms (grad_norms)"),
+        ({"failure": "loss became non-finite"}, [], "has no gradient norms"),
+        ("not json", [], "cannot read --refine-from"),
+        (None, [], "cannot read --refine-from"),
+        ({"curve": {"grad_norms": [1.0, float("nan")]}}, [], "grad_norms must be finite"),
+        ({"curve": {"grad_norms": [1.0, 2.0]}}, ["--schedule", "cosine"], "drop --schedule"),
+        ({}, ["--warmup", "-1"], "--warmup must be in"),
+    ],
+)
+def test_train_bad_refine_file_or_schedule_is_a_one_line_error(content, extra, message, tmp_path, capsys):
+    path = tmp_path / "metrics.json"
+    if content is not None:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    out = tmp_path / "run"
+    argv = ["train", "logreg", "--optimizer", "sgd", "--steps", "3", "--out", str(out), *extra]
+    if "--warmup" not in extra:
+        argv += ["--refine-from", str(path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and message in err
+    assert not out.exists()

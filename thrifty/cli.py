@@ -126,6 +126,55 @@ def _check_device(name: str) -> str:
     raise UsageError(f"device {name!r} is not available here; use {' or '.join(usable)}")
 
 
+def _refine_rule(optimizer_name: str, optimizer) -> str:
+    """The refinement rule of arXiv 2310.07831 for an optimizer: l1 for coordinate-wise adaptive (Adam-type:
+    anything with ``betas``, and AdaGrad), l2 for SGD-type."""
+    return "l1" if "betas" in optimizer.defaults or optimizer_name == "adagrad" else "l2"
+
+
+def _train_schedule(args: argparse.Namespace, optimizer) -> tuple[Any, dict[str, Any]]:
+    """The learning-rate scheduler ``thrifty train`` asked for (or ``None``) and its description for metrics.json."""
+    import torch
+
+    from thrifty.schedules import RefinedLR, linear_decay_factor, refine_schedule, warmup_cosine_factor
+
+    if not 0 <= args.warmup <= args.steps:
+        raise UsageError(f"--warmup must be in [0, --steps={args.steps}], got {args.warmup}")
+    if args.refine_from is None:
+        if args.refine_rule is not None:
+            raise UsageError("--refine-rule needs --refine-from")
+        warmup = args.warmup
+        if args.schedule == "constant":
+            factor = (lambda step: min(1.0, (step + 1) / warmup)) if warmup else None
+        elif args.schedule == "cosine":
+            factor = warmup_cosine_factor(args.steps, warmup)
+        else:
+            factor = linear_decay_factor(args.steps, warmup)
+        scheduler = None if factor is None else torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return scheduler, {"schedule": args.schedule, "warmup": warmup}
+    if args.schedule != "constant" or args.warmup:
+        raise UsageError("--refine-from sets the whole schedule; drop --schedule and --warmup")
+    rule = args.refine_rule or _refine_rule(args.optimizer, optimizer)
+    field = "grad_l1_norms" if rule == "l1" else "grad_norms"
+    path = Path(args.refine_from)
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read --refine-from {str(path)!r}: {exc}") from None
+    curve = previous.get("curve") if isinstance(previous, dict) else None
+    norms = curve.get(field) if isinstance(curve, dict) else None
+    if not norms:
+        raise UsageError(
+            f"{str(path)!r} has no gradient norms ({field}); refine from the metrics.json of a thrifty train run"
+        )
+    try:
+        multipliers = refine_schedule(norms, rule=rule)
+    except ValueError as exc:
+        raise UsageError(f"cannot refine from {str(path)!r}: {exc}") from None
+    scheduler = RefinedLR(optimizer, multipliers, total_steps=args.steps)
+    return scheduler, {"schedule": "refined", "refined_from": str(path), "refine_rule": rule}
+
+
 def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -152,6 +201,7 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         optimizer = create_optimizer(task.model, args.optimizer, **opt_kwargs)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    scheduler, schedule = _train_schedule(args, optimizer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
@@ -161,6 +211,7 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         "config": task.config,
         "seed": args.seed,
         "steps": args.steps,
+        **schedule,
     }
     columns = (
         TextColumn("{task.description}"),
@@ -178,6 +229,7 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
                 optimizer,
                 args.steps,
                 eval_every=args.eval_every,
+                scheduler=scheduler,
                 on_step=lambda step, loss: progress.update(bar, advance=1, loss=loss),
             )
         except NonFiniteLossError as exc:
@@ -306,6 +358,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument(
+        "--schedule",
+        default="constant",
+        choices=("constant", "cosine", "linear"),
+        help="learning-rate schedule after --warmup: constant (default), cosine or linear decay to zero",
+    )
+    p.add_argument("--warmup", type=int, default=0, metavar="N", help="linear warm-up steps (default 0)")
+    p.add_argument(
+        "--refine-from",
+        default=None,
+        metavar="METRICS.json",
+        help="refine the schedule from the gradient norms an earlier thrifty train logged (arXiv 2310.07831)",
+    )
+    p.add_argument(
+        "--refine-rule",
+        default=None,
+        choices=("l1", "l2"),
+        help="refinement rule (default: l1 for Adam-type optimizers, l2 for SGD-type)",
+    )
     p.add_argument("--out", default="runs/train", help="output folder for metrics.json and curve.png")
     p.set_defaults(func=_cmd_train)
     return parser
