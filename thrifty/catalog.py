@@ -83,6 +83,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "optim",
         "thrifty.optim.adam8bit:Adam8bit",
         methods=("adamw8bit", "sgd8bit", "blockwise_quant"),
+        status="implemented",
         note="states in 8 bits with block-wise absmax and the dynamic code; quant core in thrifty.compress",
     ),
     _p(
