@@ -129,7 +129,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "2210.11078",
         "optim",
         "thrifty.optim.agvm:AGVM",
-        note="per-module LR modulation wrapped around any optimizer",
+        status="implemented",
+        note="per-module LR modulation wrapped around any optimizer, as the official AgvmOptimizerHook",
     ),
     _p(
         "sgd_sai",

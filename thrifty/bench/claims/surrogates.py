@@ -5,16 +5,20 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome, Series
 from thrifty.bench.claims import register
 from thrifty.bench.workloads import make_task
-from thrifty.data.digits import load_digits_split
+from thrifty.bench.workloads.digits import build_seeded
+from thrifty.data.digits import NUM_CLASSES, load_digits_split
+from thrifty.optim.agvm import AGVM, module_param_groups
 from thrifty.optim.sso import SSO
 
 
@@ -202,6 +206,180 @@ register(
         "SGD; SGD's lr and SSO's eta (per m) tuned on half-decade grids of the same size on seed 0",
         threshold="for each m in {1, 10}, SSO's mean final training loss < tuned SGD's",
         run=sso_claim,
+        default=False,
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------- AGVM
+
+# steps, warm-up steps (AGVM starts after them, as the official hook recommends), eval every
+AGVM_SCALES = {"smoke": (8, 2, 4), "quick": (150, 15, 15), "full": (600, 60, 30)}
+# Grids with a ratio of sqrt(2) between neighbours: AGVM lowers a module's lr by at most sqrt(0.5), so a coarser grid
+# would step over the range of learning rates where it can make a difference.
+AGVM_LR_GRID = {
+    "smoke": [0.01, 1.0],
+    "quick": [0.01 * 2 ** (k / 2) for k in range(5)],
+    "full": [0.005 * 2 ** (k / 2) for k in range(9)],
+}
+AGVM_BATCH = 1024
+AGVM_HEAD_WEIGHT = 10.0
+# A run "degrades" when its final loss exceeds 1.5x the best final loss of plain SGD on the grid (or it diverges).
+AGVM_DEGRADED = 1.5
+
+
+def _two_module_digits() -> nn.Module:
+    return nn.Sequential(
+        OrderedDict(
+            backbone=nn.Sequential(
+                nn.Unflatten(1, (1, 8, 8)),
+                nn.Conv2d(1, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(16, 32, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Flatten(),
+            ),
+            head=nn.Sequential(nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, NUM_CLASSES)),
+        )
+    )
+
+
+def _digits_two_module_run(
+    seed: int, scale: str, lr: float, use_agvm: bool, advance: Callable[[int], None]
+) -> tuple[_Run, list[float]]:
+    """Conv backbone + MLP head on the digits, loss 10 x cross-entropy, batches of 1024, SGD with momentum 0.9.
+
+    Linear warm-up, then a constant ``lr``; with ``use_agvm`` the two modules' learning rates are modulated
+    by AGVM (halves = the two halves of each batch, updated every step after the warm-up). Returns the run
+    (cross-entropy on the whole training split) and AGVM's final multipliers.
+    """
+    steps, warmup, eval_every = AGVM_SCALES[scale]
+    x_train, y_train, _, _ = load_digits_split()
+    generator = torch.Generator().manual_seed(seed)
+    model = build_seeded(_two_module_digits, generator)
+    opt = torch.optim.SGD(module_param_groups(model, ["backbone", "head"], lr=lr, momentum=0.9))
+    agvm = AGVM(opt, update_interval=1, start_iter=warmup)
+
+    def loss_fn(idx: Tensor) -> Tensor:
+        return AGVM_HEAD_WEIGHT * F.cross_entropy(model(x_train[idx]), y_train[idx])
+
+    def train_loss() -> float:
+        with torch.no_grad():
+            return float(F.cross_entropy(model(x_train), y_train))
+
+    run = _Run([0], [0.0], [train_loss()])
+    elapsed = 0.0
+    for step in range(1, steps + 1):
+        idx = torch.randperm(len(x_train), generator=generator)[:AGVM_BATCH]
+        start = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, step / warmup)
+        agvm.zero_grad()
+        if use_agvm:
+            half = AGVM_BATCH // 2
+            loss = agvm.backward(loss_fn(idx[:half]), loss_fn(idx[half:]))
+            agvm.step()
+        else:
+            loss = loss_fn(idx)
+            loss.backward()
+            opt.step()
+            loss = loss.detach()
+        elapsed += time.perf_counter() - start
+        advance(1)
+        if not math.isfinite(float(loss)):
+            advance(steps - step)
+            run.failure = f"seed {seed}: loss became non-finite at step {step}"
+            return run, agvm.multipliers
+        if step % eval_every == 0 or step == steps:
+            value = train_loss()
+            if not math.isfinite(value):
+                advance(steps - step)
+                run.failure = f"seed {seed}: training-split loss became non-finite at step {step}"
+                return run, agvm.multipliers
+            run.steps.append(step)
+            run.seconds.append(elapsed)
+            run.values.append(value)
+    return run, agvm.multipliers
+
+
+def agvm_claim(ctx: ClaimContext) -> ClaimOutcome:
+    steps = AGVM_SCALES[ctx.scale][0]
+    grid_runs = {}
+    for lr in AGVM_LR_GRID[ctx.scale]:
+        advance = ctx.track(f"SGD lr={lr:.4g} (seed {ctx.seeds[0]})", steps)
+        grid_runs[lr] = _digits_two_module_run(ctx.seeds[0], ctx.scale, lr, False, advance)[0]
+    table = {lr: r.final for lr, r in grid_runs.items()}
+    finite = [v for v in table.values() if math.isfinite(v)]
+    best = min(finite) if finite else math.nan
+    degraded = [lr for lr, v in table.items() if not math.isfinite(v) or v > AGVM_DEGRADED * best]
+    details = {"sgd_grid_final_train_loss (seed 0)": _grid_note(table)}
+    if not finite or not degraded:
+        reason = "every plain SGD run diverged" if not finite else "plain SGD did not degrade on the lr grid"
+        series = [_series(f"SGD lr={lr:.4g}", "train_loss", [r]) for lr, r in grid_runs.items() if r.failure is None]
+        return ClaimOutcome(INCONCLUSIVE, reason, metrics={"sgd_best_grid_loss": best}, series=series, details=details)
+    lr = min(degraded)
+    advance = ctx.track(f"SGD lr={lr:.4g}", steps * len(ctx.seeds))
+    sgd = [_digits_two_module_run(seed, ctx.scale, lr, False, advance)[0] for seed in ctx.seeds]
+    advance = ctx.track(f"SGD + AGVM lr={lr:.4g}", steps * len(ctx.seeds))
+    agvm_results = [_digits_two_module_run(seed, ctx.scale, lr, True, advance) for seed in ctx.seeds]
+    agvm_runs = [r for r, _ in agvm_results]
+    sgd_loss = statistics.fmean(r.final for r in sgd)
+    agvm_loss = statistics.fmean(r.final for r in agvm_runs)
+    all_finite = all(r.failure is None for r in agvm_runs)
+    not_degraded = agvm_loss <= AGVM_DEGRADED * best
+    verdict = HELD if all_finite and not_degraded and agvm_loss < sgd_loss else NOT_HELD
+    summary = (
+        f"at lr {lr:.4g} (the smallest grid lr where plain SGD degrades: final loss > {AGVM_DEGRADED:g}x the grid's "
+        f"best {best:.4f}, or diverges), mean final training loss SGD + AGVM {agvm_loss:.4f} vs plain SGD "
+        f"{sgd_loss:.4f}; AGVM finite in {sum(r.failure is None for r in agvm_runs)}/{len(agvm_runs)} seeds "
+        f"(held if AGVM is finite in all seeds, not degraded (<= {AGVM_DEGRADED * best:.4f}) and below plain SGD)"
+    )
+    return ClaimOutcome(
+        verdict,
+        summary,
+        metrics={
+            "sgd_final_train_loss": sgd_loss,
+            "agvm_final_train_loss": agvm_loss,
+            "lr": lr,
+            "sgd_best_grid_loss": best,
+            "agvm_head_multiplier_mean": statistics.fmean(m[1] for _, m in agvm_results),
+        },
+        per_seed={
+            "sgd_final_train_loss": [r.final for r in sgd],
+            "agvm_final_train_loss": [r.final for r in agvm_runs],
+            "agvm_head_multiplier": [m[1] for _, m in agvm_results],
+        },
+        series=[
+            _series(f"SGD lr={lr:.4g}", "train_loss", sgd),
+            _series(f"SGD + AGVM lr={lr:.4g}", "train_loss", agvm_runs),
+        ],
+        details=details
+        | {
+            "workload": f"digits, conv backbone + MLP head, loss {AGVM_HEAD_WEIGHT:g} x cross-entropy, batch "
+            f"{AGVM_BATCH} of 1437, SGD momentum 0.9, linear warm-up then constant lr; AGVM halves = batch halves, "
+            "updated every step after the warm-up (official: every 5 or 10 of thousands), momentum 0.97",
+        },
+        failures=[f"SGD: {r.failure}" for r in sgd if r.failure]
+        + [f"AGVM: {r.failure}" for r in agvm_runs if r.failure],
+    )
+
+
+register(
+    Claim(
+        key="agvm",
+        paper="Large-batch Optimization for Dense Visual Predictions (arXiv 2210.11078)",
+        field="optim",
+        statement="AGVM can align the gradient variances between different modules in the dense visual predictors "
+        "... We show that training with a large batch size can fail with the gradient variances misaligned among "
+        "them",
+        measures="a two-module network (conv backbone + MLP head, loss weight 10) on the digits at batch 1024 with "
+        "SGD + momentum: the smallest lr of a grid at which plain SGD degrades (final training loss > 1.5x the "
+        "grid's best on seed 0, or divergence) is chosen from the baseline alone; plain SGD and SGD + AGVM then "
+        "train at that lr on every seed",
+        threshold="SGD + AGVM finite in all seeds, and its mean final training loss <= 1.5x plain SGD's best grid "
+        "loss (not degraded) and < plain SGD's at the chosen lr",
+        run=agvm_claim,
         default=False,
     )
 )
