@@ -166,9 +166,9 @@ _ENTRIES: tuple[Paper, ...] = (
         "2006.09092",
         "schedules",
         "thrifty.schedules.lanczos_lr:LanczosLR",
-        methods=("lanczos_lr",),
-        status="partial",
-        note="scale_lr rules and the Lanczos LR learner; missing: the scaling-rule claim (stable lr vs batch size)",
+        methods=("lanczos_lr", "scaling_rules"),
+        status="implemented",
+        note="scale_lr: linear (SGD) and square-root (Adam) rules; Lanczos learner: Polyak heavy-ball rates x 1/4",
     ),
     _p(
         "schedule_refinement",

@@ -1,5 +1,6 @@
 """Claims of the schedule papers: linear decay against cosine, refined schedules against linear decay
-(arXiv 2310.07831), and the Lanczos learning-rate learner against tuned SGD (arXiv 2006.09092)."""
+(arXiv 2310.07831), the batch-size scaling of the largest stable learning rate and the Lanczos
+learning-rate learner against tuned SGD (arXiv 2006.09092)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import torch
 
 from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome, Series
 from thrifty.bench.claims import register
-from thrifty.bench.claims.optim import ADAMW, CHARLM, LR_GRID
+from thrifty.bench.claims.optim import ADAMW, CHARLM, LR_GRID, _grid_note
 from thrifty.bench.experiment import MethodRuns, RunSpec, default_device, run_method, tune_lr
-from thrifty.bench.workloads import Curve, NonFiniteLossError, make_task
+from thrifty.bench.workloads import Curve, NonFiniteLossError, fit, make_task
+from thrifty.optim import create_optimizer
 from thrifty.schedules import LanczosLR, refine_schedule
 
 DIGITS = {
@@ -23,7 +25,7 @@ DIGITS = {
     "quick": ({"batch_size": 64}, 500, 50),
     "full": ({"batch_size": 64}, 3000, 100),
 }
-DIGITS_ADAMW_GRID = {"smoke": [3e-3], "quick": [1e-3, 3e-3, 1e-2], "full": [3e-4, 1e-3, 3e-3, 1e-2]}
+DIGITS_ADAMW_GRID = {"smoke": [3e-3], "quick": [3e-3, 1e-2, 3e-2], "full": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
 SGD_GRID = {"smoke": [0.1], "quick": [0.01, 0.03, 0.1, 0.3], "full": [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]}
 SGD_MOMENTUM = 0.9
 # "Matches or outperforms": a schedule matches another when its mean final validation loss is within 0.5%.
@@ -49,10 +51,6 @@ def _spec(workload: str, scale: str, schedule: str | tuple[float, ...], **opt_kw
 
 def _grid(workload: str, scale: str) -> list[float]:
     return LR_GRID[scale] if workload == "charlm" else DIGITS_ADAMW_GRID[scale]
-
-
-def _grid_note(table: dict[float, float]) -> str:
-    return ", ".join(f"{lr:g}: {v:.4f}" for lr, v in table.items())
 
 
 def _tuned(ctx: ClaimContext, workload: str, schedule: str) -> tuple[float | None, dict[float, float]]:
@@ -256,6 +254,85 @@ def lanczos_lr_claim(ctx: ClaimContext) -> ClaimOutcome:
     )
 
 
+# Largest stable learning rate: bisection on log(lr) between a stable and an unstable end, per batch size.
+SCALING = {
+    "smoke": {"batch_sizes": (8, 32), "steps": 10, "bisections": 2},
+    "quick": {"batch_sizes": (4, 16, 64, 256), "steps": 150, "bisections": 8},
+    "full": {"batch_sizes": (4, 8, 16, 32, 64, 128, 256), "steps": 400, "bisections": 10},
+}
+SCALING_BRACKETS = {"sgd": (1e-3, 1e2), "adam": (1e-5, 10.0)}
+SCALING_SLOPES = {"sgd": (0.7, 1.3), "adam": (0.3, 0.7)}
+
+
+def _trains_stably(optimizer: str, lr: float, batch_size: int, seed: int, steps: int, device: str) -> bool:
+    """Stable: no non-finite loss, and the mean training loss of the last fifth of the steps is below half the
+    first step's (a run that stalls at chance level, as ReLU networks do after a too-large step, is not)."""
+    task = make_task("digits_mlp", seed=seed, batch_size=batch_size, device=device)
+    try:
+        curve = fit(task, create_optimizer(task.model, optimizer, lr=lr), steps, eval_every=steps)
+    except NonFiniteLossError:
+        return False
+    tail = curve.train_loss[-max(1, steps // 5) :]
+    return statistics.fmean(tail) < 0.5 * curve.train_loss[0]
+
+
+def _largest_stable_lr(optimizer: str, batch_size: int, seed: int, scale: str, advance) -> float:
+    steps, bisections = SCALING[scale]["steps"], SCALING[scale]["bisections"]
+    low, high = (math.log(v) for v in SCALING_BRACKETS[optimizer])
+    for _ in range(bisections):
+        mid = 0.5 * (low + high)
+        if _trains_stably(optimizer, math.exp(mid), batch_size, seed, steps, default_device(scale)):
+            low = mid
+        else:
+            high = mid
+        advance(steps)
+    return math.exp(low)
+
+
+def _slope(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares slope of ``ys`` on ``xs`` and the fit's R^2."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    syy = sum((y - my) ** 2 for y in ys)
+    slope = sxy / sxx
+    return slope, (sxy * sxy / (sxx * syy) if syy > 0 else 1.0)
+
+
+def scaling_rules_claim(ctx: ClaimContext) -> ClaimOutcome:
+    sizes = SCALING[ctx.scale]["batch_sizes"]
+    steps, bisections = SCALING[ctx.scale]["steps"], SCALING[ctx.scale]["bisections"]
+    metrics: dict[str, float] = {}
+    per_seed: dict[str, list[float]] = {}
+    series: list[Series] = []  # x = batch size (the report's "step" axis), y = median largest stable lr
+    held = True
+    parts = []
+    for optimizer, (lo, hi) in SCALING_SLOPES.items():
+        advance = ctx.track(f"largest stable lr, {optimizer}", len(sizes) * len(ctx.seeds) * bisections * steps)
+        medians = []
+        for size in sizes:
+            found = [_largest_stable_lr(optimizer, size, seed, ctx.scale, advance) for seed in ctx.seeds]
+            per_seed[f"{optimizer}_lr_max_b{size}"] = found
+            medians.append(statistics.median(found))
+            metrics[f"{optimizer}_lr_max_b{size}"] = medians[-1]
+        curve = Series(f"{optimizer} (x: batch size)", "largest stable lr")
+        curve.add(list(sizes), list(sizes), medians)
+        series.append(curve)
+        slope, r2 = _slope([math.log(b) for b in sizes], [math.log(v) for v in medians])
+        metrics |= {f"{optimizer}_slope": slope, f"{optimizer}_r2": r2}
+        held = held and lo <= slope <= hi
+        parts.append(f"{optimizer} slope {slope:.2f} (R^2 {r2:.2f}; held if in [{lo}, {hi}])")
+    summary = (
+        "log-log slope of the largest stable lr against batch size "
+        f"{', '.join(str(b) for b in sizes)} on the digits MLP: " + "; ".join(parts)
+    )
+    details = {
+        "protocol": f"{bisections} bisections of log(lr) per batch size and seed, {steps} steps each, median over "
+        f"{len(ctx.seeds)} seeds; stable = finite loss and last-fifth mean training loss < half the first step's",
+    }
+    return ClaimOutcome(HELD if held else NOT_HELD, summary, metrics, per_seed, series, details)
+
+
 _LINEAR_PAPER = "When, Why and How Much? Adaptive Learning Rate Scheduling by Refinement (arXiv 2310.07831)"
 _RMT_PAPER = (
     "Learning Rates as a Function of Batch Size: A Random Matrix Theory Approach to Neural Network Training "
@@ -287,6 +364,21 @@ register(
         "lr, on the digits MLP and CNN",
         threshold=f"mean final val loss of refined <= linear's x {1 + MATCH_TOLERANCE:g} on both workloads",
         run=refined_claim,
+        default=False,
+    )
+)
+register(
+    Claim(
+        key="scaling_rules",
+        paper=_RMT_PAPER,
+        field="schedules",
+        statement="we derive an analytical expressions for the maximal learning rates as a function of batch size, "
+        "informing practical training regimens for both stochastic gradient descent (linear scaling) and "
+        "adaptive algorithms, such as Adam (square root scaling)",
+        measures="largest learning rate at which SGD (no momentum) and Adam train the digits MLP stably, found by "
+        "bisection per batch size and seed, and the slope of its logarithm against the batch size's",
+        threshold="slope in [0.7, 1.3] for SGD and in [0.3, 0.7] for Adam",
+        run=scaling_rules_claim,
         default=False,
     )
 )
