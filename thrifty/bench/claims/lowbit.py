@@ -11,7 +11,8 @@ from thrifty.bench.experiment import run_method
 
 LR = 1e-3  # the same hyperparameters for both: the paper's point is "without changing hyperparameters"
 TOLERANCE = 0.01  # 8-bit final validation loss at most 1% above fp32 AdamW's
-# The paper's ablation: tensor-wise (one absmax per tensor) linear 8-bit states.
+# The paper's ablation: tensor-wise (one absmax per tensor) linear 8-bit states, on the first seed only
+# (it is reported, not judged, and one run shows the degradation at a third of the cost).
 TENSORWISE_LINEAR = {"quant_map": "linear", "block_size": None}
 
 
@@ -23,6 +24,7 @@ def adamw8bit_claim(ctx: ClaimContext) -> ClaimOutcome:
         ctx,
         "AdamW8bit (tensor-wise linear, ablation)",
         _charlm_spec(ctx.scale, "adamw8bit", lr=LR, **TENSORWISE_LINEAR, **ADAMW),
+        seeds=ctx.seeds[:1],
     )
     failures = adamw.failures + eight.failures + linear.failures
     series = [r.series("val_loss") for r in (adamw, eight, linear)]
@@ -34,7 +36,9 @@ def adamw8bit_claim(ctx: ClaimContext) -> ClaimOutcome:
     gap, lin_gap = e / a - 1.0, lin / a - 1.0
     bytes_ratio = eight.state_bytes[0] / adamw.state_bytes[0]
     verdict = HELD if math.isfinite(e) and gap <= TOLERANCE else NOT_HELD
-    lin_text = f"{lin:.4f} ({lin_gap:+.2%})" if math.isfinite(lin) else f"diverged in {len(linear.failures)} runs"
+    lin_text = (
+        f"{lin:.4f} ({lin_gap:+.2%}, seed {linear.seeds[0]})" if math.isfinite(lin) else "diverged (non-finite loss)"
+    )
     summary = (
         f"AdamW8bit final val loss {e:.4f} vs fp32 AdamW {a:.4f} ({gap:+.2%}; held if <= +{TOLERANCE:.0%}) "
         f"at {bytes_ratio:.3f}x its state bytes; tensor-wise linear 8-bit ablation {lin_text}"
@@ -63,8 +67,8 @@ def adamw8bit_claim(ctx: ClaimContext) -> ClaimOutcome:
             "hyperparameters": f"lr {LR:g}, betas {ADAMW['betas']}, weight decay {ADAMW['weight_decay']} "
             "(not on biases and norms) for all three; 8-bit: block size 256, dynamic maps, tensors under "
             "4096 elements in 32 bit (as bitsandbytes)",
-            "ablation": "same optimizer with quant_map='linear', block_size=None (one absmax per tensor); "
-            "reported, not part of the verdict",
+            "ablation": "same optimizer with quant_map='linear', block_size=None (one absmax per tensor), "
+            "first seed only; reported, not part of the verdict",
         },
         failures=failures,
     )
@@ -79,7 +83,8 @@ register(
         "on a range of tasks ... without changes to the original optimizer hyperparameters",
         measures="final validation loss of AdamW8bit (block-wise dynamic 8-bit states) and fp32 AdamW with the "
         "same hyperparameters (lr 1e-3, betas 0.9/0.95, weight decay 0.01, warm-up + cosine) on the stdlib "
-        "char-LM, mean over seeds, and their state bytes; an ablation with tensor-wise linear 8-bit states",
+        "char-LM, mean over seeds, and their state bytes; an ablation with tensor-wise linear 8-bit states "
+        "(first seed)",
         threshold=f"AdamW8bit mean final val loss <= {1 + TOLERANCE:g} x AdamW's",
         run=adamw8bit_claim,
         default=False,
