@@ -25,7 +25,7 @@ DIGITS = {
     "quick": ({"batch_size": 64}, 500, 50),
     "full": ({"batch_size": 64}, 3000, 100),
 }
-DIGITS_ADAMW_GRID = {"smoke": [3e-3], "quick": [3e-3, 1e-2, 3e-2], "full": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+DIGITS_ADAMW_GRID = {"smoke": [3e-3], "quick": [3e-3, 1e-2, 3e-2, 1e-1], "full": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]}
 SGD_GRID = {"smoke": [0.1], "quick": [0.01, 0.03, 0.1, 0.3], "full": [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]}
 SGD_MOMENTUM = 0.9
 # "Matches or outperforms": a schedule matches another when its mean final validation loss is within 0.5%.
