@@ -17,7 +17,7 @@ sit at the edge of stability for ``lambda_max``, and on a network the curvature 
 (progressive sharpening) and the batch gradient is noisy, so the learning rate is multiplied by
 ``scale`` (default 1/4, our choice, picked once on the digits MLP during development: 1 and 1/2
 diverged or trained poorly there). The paper gives no code and its text was not available to check its
-exact constants, so this follows the classical heavy-ball rule it names.
+exact constants, so this follows Polyak's classical heavy-ball optimum.
 
 Lanczos keeps every basis vector and re-orthogonalises against all of them (twice), so with ``n``
 iterations on an ``n``-dimensional problem its Ritz values are the exact spectrum up to rounding.
