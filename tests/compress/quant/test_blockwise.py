@@ -145,6 +145,12 @@ def test_stochastic_rounding_unbiased():
     assert torch.all((draws - x).abs() <= lo_hi_gap + 1e-6)
 
 
+def test_numpy_integer_block_size():
+    np = pytest.importorskip("numpy")
+    x = torch.randn(300)
+    assert torch.equal(quantize_blockwise(x, block_size=np.int64(64)).codes, quantize_blockwise(x, block_size=64).codes)
+
+
 def test_stochastic_reproducible_with_generator():
     x = torch.randn(1000)
     a = quantize_blockwise(x, stochastic=True, generator=torch.Generator().manual_seed(5))

@@ -28,6 +28,7 @@ makes the whole tensor one block (tensor-wise quantization, the ablation of the 
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from typing import NamedTuple
 
@@ -96,7 +97,7 @@ def _check(x: Tensor, block_size: int | None) -> None:
 def _check_block_size(block_size: int | None) -> None:
     if block_size is None:
         return
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
 
 
