@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from thrifty.bench.claims import all_claims
 from thrifty.catalog import PAPERS
-from thrifty.cli import main, markdown_table
+from thrifty.cli import claims_markdown, main, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +35,17 @@ def test_list_bad_field_is_a_one_line_error(capsys):
 
 def test_readme_catalogue_table_is_current():
     assert markdown_table(PAPERS) in (ROOT / "README.md").read_text()
+
+
+def test_readme_claims_table_is_current():
+    assert claims_markdown(all_claims().values()) in (ROOT / "README.md").read_text()
+
+
+def test_list_claims(capsys):
+    assert main(["list", "--claims", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["key"] for r in rows} == set(all_claims())
+    assert main(["list", "--claims"]) == 0
 
 
 def test_readme_test_command_is_what_ci_runs():

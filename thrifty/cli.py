@@ -25,6 +25,8 @@ class UsageError(Exception):
 def _cmd_list(args: argparse.Namespace, console: Console) -> int:
     from thrifty.catalog import PAPERS, filter_papers
 
+    if args.claims:
+        return _list_claims(args, console)
     try:
         papers = filter_papers(field=args.field, status=args.status)
     except ValueError as exc:
@@ -47,6 +49,33 @@ def _cmd_list(args: argparse.Namespace, console: Console) -> int:
         table.add_row(p.field, p.key, status, p.arxiv or "?", p.title, p.import_path)
     console.print(table)
     return 0
+
+
+def _list_claims(args: argparse.Namespace, console: Console) -> int:
+    from thrifty.bench.claims import all_claims
+
+    claims = [c for c in all_claims().values() if args.field is None or c.field == args.field]
+    if args.json:
+        print(json.dumps([{**c.describe(), "default": c.default} for c in claims], indent=1))
+        return 0
+    if args.markdown:
+        print(claims_markdown(claims))
+        return 0
+    table = Table(title=f"{len(claims)} claims ({sum(c.default for c in claims)} in the default suite)")
+    for column in ("claim", "field", "default", "measured", "held when"):
+        table.add_column(column, overflow="fold")
+    for c in claims:
+        table.add_row(c.key, c.field, "yes" if c.default else "", c.measures, c.threshold)
+    console.print(table)
+    return 0
+
+
+def claims_markdown(claims) -> str:
+    """The registered claims as a Markdown table (the README's claims table is this output)."""
+    lines = ["| claim | in default suite | what is measured | held when |", "|---|---|---|---|"]
+    for c in claims:
+        lines.append(f"| `{c.key}` | {'yes' if c.default else ''} | {c.measures} | {c.threshold} |")
+    return "\n".join(lines)
 
 
 def markdown_table(papers) -> str:
@@ -315,6 +344,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--status", help="only papers with this status (implemented, partial, planned)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("--claims", action="store_true", help="list the registered claims instead of the papers")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("bench", help="run claims and write results.json and report.md")
