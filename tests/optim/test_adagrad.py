@@ -208,7 +208,7 @@ def test_invalid_hyperparameters_raise(cls: type, kwargs: dict, message: str) ->
 def test_adagrad_specific_bad_input() -> None:
     with pytest.raises(ValueError, match=r"lr_decay must be in \[0, inf\]"):
         AdaGrad([torch.zeros(2, requires_grad=True)], lr_decay=-1.0)
-    with pytest.raises(ValueError, match="fused and foreach"):
+    with pytest.raises(ValueError, match="foreach and fused"):
         AdaGrad([torch.zeros(2, requires_grad=True)], foreach=True, fused=True)
 
 

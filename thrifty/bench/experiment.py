@@ -26,6 +26,7 @@ __all__ = [
     "clear_cache",
     "default_device",
     "first_step_reaching",
+    "grid_note",
     "make_scheduler",
     "run_method",
     "tune_lr",
@@ -244,3 +245,18 @@ def first_step_reaching(curve: Curve, metric: str, target: float, higher_is_bett
         if (value >= target) if higher_is_better else (value <= target):
             return float(step)
     return math.inf
+
+
+def grid_note(table: dict[float, float]) -> str:
+    """Final metric per grid value (lower is better), flagging a best value at the grid's edge.
+
+    A best value at the edge means the optimum may lie outside the grid, which a reader of a
+    tuned comparison should know.
+    """
+    note = ", ".join(f"{lr:g}: {v:.4f}" for lr, v in table.items())
+    finite = {lr: v for lr, v in table.items() if math.isfinite(v)}
+    if len(table) > 1 and finite:
+        best = min(finite, key=finite.__getitem__)
+        if best in (min(table), max(table)):
+            note += f" (best {best:g} is at the grid's edge)"
+    return note

@@ -77,6 +77,14 @@ class ThriftyOptimizer(torch.optim.Optimizer):
     (``thrifty speed`` measures both).
     """
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Fill options missing from a loaded state dict (one saved by an official implementation,
+        or by an older thrifty) with this optimizer's constructor values."""
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
     def _params_with_grad(self, group: Mapping[str, Any]) -> list[Tensor]:
         params = []
         for p in group["params"]:

@@ -158,10 +158,6 @@ class BlockwiseOptimizer(ThriftyOptimizer):
         if quant_map not in QUANT_MAPS:
             raise ValueError(f"quant_map must be one of {', '.join(QUANT_MAPS)}, got {quant_map!r}")
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("fused", None)
 
     def _is_8bit(self, p: Tensor, group: dict[str, Any]) -> bool:
         return p.numel() >= group["min_8bit_size"] and getattr(p, STATE_BITS_ATTR, 8) != 32

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from thrifty.optim._core import ThriftyOptimizer, check_range
+from thrifty.optim._core import ThriftyOptimizer, check_fused, check_range
 
 __all__ = ["AdaGrad", "AdaGradNorm"]
 
@@ -74,8 +74,7 @@ class AdaGrad(ThriftyOptimizer):
         check_range("weight_decay", weight_decay)
         check_range("initial_accumulator_value", initial_accumulator_value)
         check_range("eps", eps)
-        if fused and foreach:
-            raise ValueError("fused and foreach cannot both be True")
+        check_fused(foreach, fused)
         defaults = dict(
             lr=lr,
             lr_decay=lr_decay,
@@ -88,12 +87,6 @@ class AdaGrad(ThriftyOptimizer):
         )
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("fused", None)
 
     def _init_state(self, p: Tensor, initial: float) -> dict[str, Any]:
         state = self.state[p]
@@ -222,11 +215,6 @@ class AdaGradNorm(ThriftyOptimizer):
         )
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
 
     @staticmethod
     def step_size(group: dict[str, Any]) -> float:

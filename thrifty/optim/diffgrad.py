@@ -107,12 +107,6 @@ class DiffGrad(ThriftyOptimizer):
         )
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("fused", None)
 
     def _init_state(self, p: Tensor) -> dict[str, Any]:
         state = self.state[p]

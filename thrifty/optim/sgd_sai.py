@@ -103,10 +103,6 @@ class SGDSaI(ThriftyOptimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("fused", None)
         for param_state in self.state.values():
             if isinstance(param_state.get("gsnr"), Tensor):
                 param_state["gsnr"] = float(param_state["gsnr"])

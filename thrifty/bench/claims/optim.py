@@ -7,7 +7,7 @@ import statistics
 
 from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome
 from thrifty.bench.claims import register
-from thrifty.bench.experiment import RunSpec, default_device, first_step_reaching, run_method, tune_lr
+from thrifty.bench.experiment import RunSpec, default_device, first_step_reaching, grid_note, run_method, tune_lr
 
 CHARLM = {
     "smoke": (
@@ -63,16 +63,6 @@ def _tuned_adamw(ctx: ClaimContext):
     return lr, table, runs
 
 
-def _grid_note(table: dict[float, float]) -> str:
-    """Final metric per learning rate, flagging a best rate at the grid's edge (the optimum may lie outside)."""
-    note = ", ".join(f"{lr:g}: {v:.4f}" for lr, v in table.items())
-    finite = {lr: v for lr, v in table.items() if math.isfinite(v)}
-    if len(table) > 1 and finite:
-        best = min(finite, key=finite.__getitem__)
-        if best in (min(table), max(table)):
-            note += f" (best {best:g} is at the grid's edge)"
-    return note
-
 
 def soap_claim(ctx: ClaimContext) -> ClaimOutcome:
     lr, table, adamw = _tuned_adamw(ctx)
@@ -80,7 +70,7 @@ def soap_claim(ctx: ClaimContext) -> ClaimOutcome:
         return ClaimOutcome(
             INCONCLUSIVE,
             "every AdamW run diverged; nothing to compare with",
-            details={"adamw_grid_final_val_loss": _grid_note(table)},
+            details={"adamw_grid_final_val_loss": grid_note(table)},
         )
     soap = run_method(
         ctx,
@@ -131,7 +121,7 @@ def soap_claim(ctx: ClaimContext) -> ClaimOutcome:
         },
         series=[adamw.series("val_loss"), soap.series("val_loss")],
         details={
-            "adamw_grid_final_val_loss (seed 0)": _grid_note(table),
+            "adamw_grid_final_val_loss (seed 0)": grid_note(table),
             "workload": f"charlm {dict(adamw.spec.config)}, warm-up + cosine schedule",
         },
         failures=adamw.failures + soap.failures,
@@ -144,7 +134,7 @@ def sgd_sai_claim(ctx: ClaimContext) -> ClaimOutcome:
         return ClaimOutcome(
             INCONCLUSIVE,
             "every AdamW run diverged; nothing to compare with",
-            details={"adamw_grid_final_val_loss": _grid_note(table)},
+            details={"adamw_grid_final_val_loss": grid_note(table)},
         )
     grid = LR_GRID[ctx.scale]
     sai_lr, sai_table = tune_lr(
@@ -160,9 +150,9 @@ def sgd_sai_claim(ctx: ClaimContext) -> ClaimOutcome:
         ctx, "SGDM", _charlm_spec(ctx.scale, "sgd", momentum=0.9), grid, "val_loss", False, seed=ctx.seeds[0]
     )
     details = {
-        "adamw_grid_final_val_loss (seed 0)": _grid_note(table),
-        "sgd_sai_grid_final_val_loss (seed 0)": _grid_note(sai_table),
-        "sgdm_grid_final_val_loss (seed 0)": _grid_note(sgd_table),
+        "adamw_grid_final_val_loss (seed 0)": grid_note(table),
+        "sgd_sai_grid_final_val_loss (seed 0)": grid_note(sai_table),
+        "sgdm_grid_final_val_loss (seed 0)": grid_note(sgd_table),
     }
     if sai_lr is None:
         return ClaimOutcome(NOT_HELD, "every SGD-SaI run diverged", details=details)
@@ -187,7 +177,7 @@ def sgd_sai_claim(ctx: ClaimContext) -> ClaimOutcome:
         f"SGD-SaI final val loss {sai_loss:.4f} vs tuned AdamW {adamw_loss:.4f} ({gap:+.1%}; held if "
         f"<= +2%) with {bytes_ratio:.2f}x its state bytes (held if <= 0.51x); SGDM {sgd_final:.4f} (seed 0)"
     )
-    edges = [name for name, t in (("AdamW", table), ("SGD-SaI", sai_table)) if "grid's edge" in _grid_note(t)]
+    edges = [name for name, t in (("AdamW", table), ("SGD-SaI", sai_table)) if "grid's edge" in grid_note(t)]
     if edges:
         summary += f"; best lr at the grid's edge for {' and '.join(edges)}"
     return ClaimOutcome(

@@ -14,8 +14,8 @@ import torch
 
 from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome, Series
 from thrifty.bench.claims import register
-from thrifty.bench.claims.optim import ADAMW, CHARLM, LR_GRID, _grid_note
-from thrifty.bench.experiment import MethodRuns, RunSpec, default_device, run_method, tune_lr
+from thrifty.bench.claims.optim import ADAMW, CHARLM, LR_GRID
+from thrifty.bench.experiment import MethodRuns, RunSpec, default_device, grid_note, run_method, tune_lr
 from thrifty.bench.workloads import Curve, NonFiniteLossError, fit, make_task
 from thrifty.optim import create_optimizer
 from thrifty.schedules import LanczosLR, refine_schedule
@@ -85,7 +85,7 @@ def _compare(
     ratios = {}
     for workload in workloads:
         lr, table = _tuned(ctx, workload, tuned_with)
-        details[f"{workload} AdamW {tuned_with} grid, final val loss (seed {ctx.seeds[0]})"] = _grid_note(table)
+        details[f"{workload} AdamW {tuned_with} grid, final val loss (seed {ctx.seeds[0]})"] = grid_note(table)
         if lr is None:
             return ClaimOutcome(INCONCLUSIVE, f"every AdamW run on {workload} diverged", details=details)
         base, cand = pair(workload, lr)
@@ -206,7 +206,7 @@ def lanczos_lr_claim(ctx: ClaimContext) -> ClaimOutcome:
         "digits_mlp", config, "sgd", {"momentum": SGD_MOMENTUM}, steps, eval_every, device=default_device(ctx.scale)
     )
     lr, table = tune_lr(ctx, "SGD", base, SGD_GRID[ctx.scale], "val_loss", False, ctx.seeds[0])
-    details = {f"SGD (momentum {SGD_MOMENTUM}) grid, final val loss (seed {ctx.seeds[0]})": _grid_note(table)}
+    details = {f"SGD (momentum {SGD_MOMENTUM}) grid, final val loss (seed {ctx.seeds[0]})": grid_note(table)}
     if lr is None:
         return ClaimOutcome(INCONCLUSIVE, "every SGD run diverged; nothing to compare with", details=details)
     sgd = run_method(ctx, f"SGD lr={lr:g}", _with_lr(base, lr))

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome, Series
 from thrifty.bench.claims import register
+from thrifty.bench.experiment import grid_note
 from thrifty.bench.workloads import make_task
 from thrifty.bench.workloads.digits import build_seeded
 from thrifty.data.digits import NUM_CLASSES, load_digits_split
@@ -43,16 +44,6 @@ def _series(label: str, metric: str, runs: list[_Run]) -> Series:
             s.add(r.steps, r.seconds, r.values)
     return s
 
-
-def _grid_note(table: dict[float, float]) -> str:
-    """Final metric per learning rate, flagging a best rate at the grid's edge (the optimum may lie outside)."""
-    note = ", ".join(f"{lr:g}: {v:.4f}" for lr, v in table.items())
-    finite = {lr: v for lr, v in table.items() if math.isfinite(v)}
-    if len(table) > 1 and finite:
-        best = min(finite, key=finite.__getitem__)
-        if best in (min(table), max(table)):
-            note += f" (best {best:g} is at the grid's edge)"
-    return note
 
 
 # ---------------------------------------------------------------------------------------------- SSO
@@ -137,7 +128,7 @@ def sso_claim(ctx: ClaimContext) -> ClaimOutcome:
     steps, eval_every = SSO_SCALES[ctx.scale]
     sgd_lr, sgd_table = _tune(ctx, "SGD lr", SSO_SGD_GRID[ctx.scale], steps, eval_every)
     if sgd_lr is None:
-        return ClaimOutcome(INCONCLUSIVE, "every SGD run diverged", details={"sgd_grid": _grid_note(sgd_table)})
+        return ClaimOutcome(INCONCLUSIVE, "every SGD run diverged", details={"sgd_grid": grid_note(sgd_table)})
     advance = ctx.track(f"SGD lr={sgd_lr:g}", steps * len(ctx.seeds))
     sgd = [_logreg_run(seed, steps, eval_every, advance, sgd_lr) for seed in ctx.seeds]
     sso, etas, eta_tables = {}, {}, {}
@@ -158,7 +149,7 @@ def sso_claim(ctx: ClaimContext) -> ClaimOutcome:
         f"(lr {sgd_lr:g}; lr and eta tuned on grids; held if every m is below SGD)"
     )
     edges = [name for name, table in [("SGD", sgd_table)] + [(f"SSO m={m}", t) for m, t in eta_tables.items()]
-             if "grid's edge" in _grid_note(table)]
+             if "grid's edge" in grid_note(table)]
     if edges:
         summary += f"; best value at the grid's edge for {' and '.join(edges)}"
     failures = [f"{label}: {r.failure}" for label, runs in [("SGD", sgd)] + [(f"SSO m={m}", v) for m, v in sso.items()]
@@ -181,8 +172,8 @@ def sso_claim(ctx: ClaimContext) -> ClaimOutcome:
         series=[_series(f"SGD lr={sgd_lr:g}", "train_loss", sgd)]
         + [_series(f"SSO m={m} eta={etas[m]:g}", "train_loss", runs) for m, runs in sso.items() if runs],
         details={
-            "sgd_grid_final_train_loss (seed 0)": _grid_note(sgd_table),
-            **{f"sso_m{m}_eta_grid_final_train_loss (seed 0)": _grid_note(t) for m, t in eta_tables.items()},
+            "sgd_grid_final_train_loss (seed 0)": grid_note(sgd_table),
+            **{f"sso_m{m}_eta_grid_final_train_loss (seed 0)": grid_note(t) for m, t in eta_tables.items()},
             "workload": f"logreg on the digits (nn.Linear(64, 10)), batch {SSO_BATCH}; x axis = output-gradient "
             "evaluations (SGD steps, SSO outer steps); loss = cross-entropy on the whole training split",
             "sso": "Armijo line search (trial step reset to 10 each outer step, c 0.1, beta 0.9, expand "
@@ -313,7 +304,7 @@ def agvm_claim(ctx: ClaimContext) -> ClaimOutcome:
     finite = [v for v in table.values() if math.isfinite(v)]
     best = min(finite) if finite else math.nan
     degraded = [lr for lr, v in table.items() if not math.isfinite(v) or v > AGVM_DEGRADED * best]
-    details = {"sgd_grid_final_train_loss (seed 0)": _grid_note(table)}
+    details = {"sgd_grid_final_train_loss (seed 0)": grid_note(table)}
     if not finite or not degraded:
         reason = "every plain SGD run diverged" if not finite else "plain SGD did not degrade on the lr grid"
         series = [_series(f"SGD lr={lr:.4g}", "train_loss", [r]) for lr, r in grid_runs.items() if r.failure is None]
