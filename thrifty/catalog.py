@@ -93,6 +93,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "2305.18730",
         "optim",
         "thrifty.optim.bsvrb:BSVRB",
+        status="implemented",
         note="multi-block bilevel; v2 tracks Hessian-vector products, no Hessian inverse",
     ),
     _p(
