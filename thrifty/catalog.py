@@ -204,6 +204,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "2301.13703",
         "batching",
         "thrifty.batching.sgd_noise:AlphaScaledModel",
+        status="implemented",
         note="study: reproduced as an experiment; no new API beyond an alpha-scaled model and an lr/B sweep",
     ),
     _p(

@@ -11,6 +11,14 @@ from thrifty.batching.adadagrad import (
     micro_batch_grads,
     per_sample_grads,
 )
+from thrifty.batching.sgd_noise import (
+    AlphaScaledModel,
+    critical_temperature,
+    plot_phase_diagram,
+    scaled_hinge_loss,
+    sweep,
+    train_until_fitted,
+)
 
 __all__ = [
     "TESTS",
@@ -18,6 +26,12 @@ __all__ = [
     "AdAdaGradNorm",
     "AdaptiveBatchSampler",
     "AdaptiveBatchSize",
+    "AlphaScaledModel",
+    "critical_temperature",
     "micro_batch_grads",
     "per_sample_grads",
+    "plot_phase_diagram",
+    "scaled_hinge_loss",
+    "sweep",
+    "train_until_fitted",
 ]
