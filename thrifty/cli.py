@@ -204,6 +204,33 @@ def _train_schedule(args: argparse.Namespace, optimizer) -> tuple[Any, dict[str,
     return scheduler, {"schedule": "refined", "refined_from": str(path), "refine_rule": rule}
 
 
+def _batch_controller(args: argparse.Namespace, task) -> tuple[Any, dict[str, Any]]:
+    """The adaptive batch-size controller ``--adaptive-batch`` asked for (or ``None``) and its metrics.json entry."""
+    import inspect
+
+    from thrifty.batching import AdaptiveBatchSize
+
+    if not args.adaptive_batch:
+        if args.max_batch_size is not None or args.batch_eta is not None:
+            raise UsageError("--max-batch-size and --batch-eta need --adaptive-batch")
+        return None, {}
+    try:
+        inspect.signature(task.next_batch).bind(1)
+    except TypeError:
+        raise UsageError(
+            f"--adaptive-batch needs batches that can change size (digits_mlp, digits_cnn, logreg); "
+            f"{args.workload}'s cannot"
+        ) from None
+    start = task.config["batch_size"]
+    cap = 1024 if args.max_batch_size is None else args.max_batch_size
+    eta = 0.5 if args.batch_eta is None else args.batch_eta
+    try:
+        controller = AdaptiveBatchSize(start, cap, test="norm", eta=eta)
+    except ValueError as exc:
+        raise UsageError(f"--adaptive-batch: {exc}") from None
+    return controller, {"adaptive_batch": {"test": "norm", "eta": eta, "batch_size": start, "max_batch_size": cap}}
+
+
 def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -231,6 +258,7 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     scheduler, schedule = _train_schedule(args, optimizer)
+    controller, adaptive = _batch_controller(args, task)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
@@ -241,6 +269,7 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
         "seed": args.seed,
         "steps": args.steps,
         **schedule,
+        **adaptive,
     }
     columns = (
         TextColumn("{task.description}"),
@@ -260,11 +289,16 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
                 eval_every=args.eval_every,
                 scheduler=scheduler,
                 on_step=lambda step, loss: progress.update(bar, advance=1, loss=loss),
+                batch_controller=controller,
             )
         except NonFiniteLossError as exc:
             curve = None
             record["failure"] = str(exc)
             status = 1
+        except ValueError as exc:
+            if controller is None:
+                raise
+            raise UsageError(f"--adaptive-batch: {exc} (lower --max-batch-size)") from None
     if curve is not None:
         record.update(
             curve=curve.to_dict(),
@@ -281,6 +315,11 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
             acc = Series("validation accuracy", "val_acc")
             acc.add(curve.eval_steps, curve.eval_seconds, curve.metric("val_acc"))
             series.append(acc)
+        if curve.batch_sizes:
+            sizes = Series("batch size (norm test)", "batch_size")
+            sizes.add(curve.steps, curve.seconds, curve.batch_sizes)
+            series.append(sizes)
+            record["batch_sizes"] = curve.batch_sizes
         plot = plot_series(series, f"{args.workload} / {args.optimizer}", out / "curve.png")
         finals = ", ".join(f"{k} {v:.4f}" for k, v in curve.evals[-1].items())
         console.print(
@@ -406,6 +445,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         choices=("l1", "l2"),
         help="refinement rule (default: l1 for Adam-type optimizers, l2 for SGD-type)",
+    )
+    p.add_argument(
+        "--adaptive-batch",
+        action="store_true",
+        help="grow the batch from --batch-size by the norm test of AdAdaGrad (arXiv 2402.11215), any optimizer; "
+        "metrics.json and curve.png record the batch size of every step",
+    )
+    p.add_argument("--max-batch-size", type=int, default=None, help="cap of --adaptive-batch (default 1024)")
+    p.add_argument(
+        "--batch-eta", type=float, default=None, help="norm-test tolerance eta of --adaptive-batch (default 0.5)"
     )
     p.add_argument("--out", default="runs/train", help="output folder for metrics.json and curve.png")
     p.set_defaults(func=_cmd_train)

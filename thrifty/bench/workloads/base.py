@@ -5,7 +5,9 @@ initialised model, a deterministic stream of training batches, a loss and a vali
 function. ``fit`` trains it with any optimizer and records a ``Curve`` against steps and
 against wall-clock seconds (training time only; evaluation is not timed), and the global l2 and l1
 norms of every step's gradient, from which a later run can refine its learning-rate schedule
-(``thrifty.schedules.refine_schedule``).
+(``thrifty.schedules.refine_schedule``). Given an adaptive batch-size controller
+(``thrifty.batching.AdaptiveBatchSize``), ``fit`` asks the task for batches of the controller's size,
+updates it from each step's per-sample gradients and records the batch size of every step.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from thrifty.batching.adadagrad import AdaptiveBatchSize, per_sample_grads
 
 __all__ = ["Curve", "NonFiniteLossError", "Task", "fit"]
 
@@ -35,7 +39,8 @@ class NonFiniteLossError(RuntimeError):
 class Task:
     """A model with its data, loss and validation metrics, ready to be trained.
 
-    ``next_batch()`` returns the next training batch of a stream fixed by the seed;
+    ``next_batch()`` returns the next training batch of a stream fixed by the seed (the digits and
+    logistic-regression workloads also take ``next_batch(batch_size)``, for adaptive batch sizes);
     ``loss(model, batch)`` returns a scalar tensor; ``evaluate(model)`` returns validation
     metrics, always including ``"val_loss"`` and, for classifiers, ``"val_acc"``.
     """
@@ -50,7 +55,10 @@ class Task:
 
 @dataclass
 class Curve:
-    """Metrics of one training run: training loss and gradient norms every step, validation every ``eval_every``."""
+    """Metrics of one training run: training loss and gradient norms every step, validation every ``eval_every``.
+
+    ``batch_sizes`` holds every step's batch size when an adaptive batch-size controller chose it (else empty).
+    """
 
     steps: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
@@ -60,6 +68,7 @@ class Curve:
     evals: list[dict[str, float]] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     grad_l1_norms: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
 
     def metric(self, name: str) -> list[float]:
         """The validation metric ``name`` at every evaluation."""
@@ -78,6 +87,7 @@ class Curve:
             "evals": self.evals,
             "grad_norms": self.grad_norms,
             "grad_l1_norms": self.grad_l1_norms,
+            "batch_sizes": self.batch_sizes,
         }
 
 
@@ -100,9 +110,12 @@ def fit(
     eval_every: int | None = None,
     scheduler: Any = None,
     on_step: Callable[[int, float], None] | None = None,
+    batch_controller: AdaptiveBatchSize | None = None,
 ) -> Curve:
     """Train ``task.model`` for ``steps`` steps; evaluate at step 0, every ``eval_every``, and at the end.
 
+    With ``batch_controller``, each batch is ``task.next_batch(batch_controller.batch_size)`` and the
+    controller is updated from the batch's per-sample gradients (``torch.func.vmap``, timed with the step).
     Raises ``NonFiniteLossError`` as soon as the training loss is NaN or infinite.
     """
     if steps < 1:
@@ -124,12 +137,13 @@ def fit(
     evaluate(0)
     model.train()
     for step in range(1, steps + 1):
-        batch = task.next_batch()
+        batch = task.next_batch() if batch_controller is None else task.next_batch(batch_controller.batch_size)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = task.loss(model, batch)
         loss.backward()
         l2, l1 = _grad_norms(model)
+        rows = None if batch_controller is None else per_sample_grads(model, task.loss, batch)[0]
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -137,6 +151,9 @@ def fit(
         elapsed += time.perf_counter() - start
         if not math.isfinite(value):
             raise NonFiniteLossError(step, value)
+        if batch_controller is not None:
+            curve.batch_sizes.append(batch_controller.batch_size)
+            batch_controller.update(rows)
         curve.steps.append(step)
         curve.seconds.append(elapsed)
         curve.train_loss.append(value)

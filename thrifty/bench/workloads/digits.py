@@ -48,6 +48,8 @@ class DigitsBatches:
     """Mini-batches of the digits training split in reshuffled epochs; the incomplete tail is dropped.
 
     The order is drawn on the CPU from ``generator``; each batch's indices then move to the data's device.
+    A call may ask for another size (``batch_size``, as an adaptive batch-size controller does); without
+    it the stream is the fixed-size one.
     """
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator):
@@ -56,10 +58,13 @@ class DigitsBatches:
         self.x, self.y, self.batch_size, self.generator = x, y, batch_size, generator
         self._order = torch.empty(0, dtype=torch.int64)
 
-    def __call__(self) -> tuple[Tensor, Tensor]:
-        if len(self._order) < self.batch_size:
+    def __call__(self, batch_size: int | None = None) -> tuple[Tensor, Tensor]:
+        size = self.batch_size if batch_size is None else batch_size
+        if not 1 <= size <= len(self.x):
+            raise ValueError(f"batch_size must be in [1, {len(self.x)}], got {size}")
+        if len(self._order) < size:
             self._order = torch.randperm(len(self.x), generator=self.generator)
-        idx, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
+        idx, self._order = self._order[:size], self._order[size:]
         idx = idx.to(self.x.device, non_blocking=True)
         return self.x[idx], self.y[idx]
 
