@@ -16,12 +16,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from thrifty.batching.adadagrad import AdaptiveBatchSize, per_sample_grads
+if TYPE_CHECKING:  # thrifty.batching's modules may build on the workloads, so fit imports it when it needs it
+    from thrifty.batching.adadagrad import AdaptiveBatchSize
 
 __all__ = ["Curve", "NonFiniteLossError", "Task", "fit"]
 
@@ -120,6 +121,8 @@ def fit(
     """
     if steps < 1:
         raise ValueError(f"steps must be in [1, inf), got {steps}")
+    if batch_controller is not None:
+        from thrifty.batching.adadagrad import per_sample_grads
     eval_every = eval_every or max(1, steps // 10)
     curve = Curve()
     model = task.model
