@@ -217,6 +217,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "batching",
         "thrifty.batching.ghost_bn:GhostBatchNorm",
         methods=("regime_adaptation",),
+        status="implemented",
     ),
     _p(
         "duration_bucketing",

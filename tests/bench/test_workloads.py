@@ -290,3 +290,15 @@ def test_fit_logs_the_global_gradient_norms_of_every_step():
     grads = [p.grad for p in task.model.parameters()]
     assert curve.grad_norms[-1] == pytest.approx(float(torch.cat([g.reshape(-1) for g in grads]).norm()))
     assert curve.grad_l1_norms[-1] == pytest.approx(float(sum(g.abs().sum() for g in grads)))
+
+
+def test_digits_cnn_bn_option_adds_batch_norm_and_keeps_the_default():
+    plain, bn = make_task("digits_cnn", width=4), make_task("digits_cnn", width=4, bn=True)
+    norms = [m for m in bn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [m.num_features for m in norms] == [4, 8] and "bn" not in plain.config and bn.config["bn"] is True
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.model.modules())
+    convs = [
+        [p for m in t.model.modules() if isinstance(m, torch.nn.Conv2d) for p in m.parameters()] for t in (plain, bn)
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(*convs, strict=True))
+    assert all(torch.equal(m.running_var, torch.ones(m.num_features)) for m in norms)

@@ -1,4 +1,5 @@
-"""Batch-size methods: adaptive batch sizes for adaptive gradient methods (AdAdaGrad, arXiv 2402.11215)."""
+"""Batch-size methods: adaptive batch sizes for adaptive gradient methods (AdAdaGrad, arXiv 2402.11215); ghost batch
+norm and regime adaptation (Train longer, generalize better, arXiv 1705.08741)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from thrifty.batching.adadagrad import (
     micro_batch_grads,
     per_sample_grads,
 )
+from thrifty.batching.ghost_bn import GRAD_CLIP_NORM, GhostBatchNorm, Regime, convert_ghost_bn, regime_adaptation
 from thrifty.batching.sgd_noise import (
     AlphaScaledModel,
     critical_temperature,
@@ -21,16 +23,21 @@ from thrifty.batching.sgd_noise import (
 )
 
 __all__ = [
+    "GRAD_CLIP_NORM",
     "TESTS",
     "AdAdaGrad",
     "AdAdaGradNorm",
     "AdaptiveBatchSampler",
     "AdaptiveBatchSize",
     "AlphaScaledModel",
+    "GhostBatchNorm",
+    "Regime",
+    "convert_ghost_bn",
     "critical_temperature",
     "micro_batch_grads",
     "per_sample_grads",
     "plot_phase_diagram",
+    "regime_adaptation",
     "scaled_hinge_loss",
     "sweep",
     "train_until_fitted",

@@ -28,7 +28,8 @@ def build_seeded(factory: Callable[[], nn.Module], generator: torch.Generator) -
 
     The module is built on the meta device first so its constructor consumes no global randomness;
     every weight and bias is then drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the distribution of
-    ``nn.Linear``/``nn.Conv2d.reset_parameters``.
+    ``nn.Linear``/``nn.Conv2d.reset_parameters``. Batch norm layers take their deterministic defaults
+    (weight 1, bias 0, running mean 0 and variance 1).
     """
     with torch.device("meta"):
         model = factory()
@@ -39,6 +40,8 @@ def build_seeded(factory: Callable[[], nn.Module], generator: torch.Generator) -
             nn.init.uniform_(module.weight, -bound, bound, generator=generator)
             if module.bias is not None:
                 nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+        elif isinstance(module, nn.modules.batchnorm._NormBase):
+            module.reset_parameters()
         elif any(True for _ in module.parameters(recurse=False)):
             raise TypeError(f"build_seeded has no init rule for {type(module).__name__}")
     return model
@@ -122,19 +125,30 @@ def make_mlp(
     return classification_task("digits_mlp", factory, seed, batch_size, {"hidden": hidden}, device=device)
 
 
-def make_cnn(seed: int = 0, *, width: int = 16, batch_size: int = 64, device: str | torch.device = "cpu") -> Task:
-    """``digits_cnn``: conv(1->w) ReLU conv(w->2w) ReLU maxpool2 linear(2w*16 -> 10), 3x3 convs, pad 1."""
+def make_cnn(
+    seed: int = 0, *, width: int = 16, batch_size: int = 64, bn: bool = False, device: str | torch.device = "cpu"
+) -> Task:
+    """``digits_cnn``: conv(1->w) ReLU conv(w->2w) ReLU maxpool2 linear(2w*16 -> 10), 3x3 convs, pad 1.
+
+    ``bn=True`` puts a ``BatchNorm2d`` after each convolution (before its ReLU); the config then records it.
+    """
+
+    def norm(channels: int) -> list[nn.Module]:
+        return [nn.BatchNorm2d(channels)] if bn else []
 
     def factory() -> nn.Module:
         return nn.Sequential(
             nn.Unflatten(1, (1, 8, 8)),
             nn.Conv2d(1, width, 3, padding=1),
+            *norm(width),
             nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, padding=1),
+            *norm(2 * width),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
             nn.Linear(2 * width * 16, NUM_CLASSES),
         )
 
-    return classification_task("digits_cnn", factory, seed, batch_size, {"width": width}, device=device)
+    config: dict[str, object] = {"width": width} | ({"bn": True} if bn else {})
+    return classification_task("digits_cnn", factory, seed, batch_size, config, device=device)
