@@ -199,6 +199,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "2106.00221",
         "batching",
         "thrifty.batching.conadv:ConAdv",
+        status="implemented",
     ),
     _p(
         "sgd_noise",

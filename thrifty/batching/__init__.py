@@ -1,5 +1,6 @@
 """Batch-size methods: adaptive batch sizes for adaptive gradient methods (AdAdaGrad, arXiv 2402.11215); ghost batch
-norm and regime adaptation (Train longer, generalize better, arXiv 1705.08741)."""
+norm and regime adaptation (Train longer, generalize better, arXiv 1705.08741); concurrent adversarial learning
+(ConAdv, arXiv 2106.00221)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from thrifty.batching.adadagrad import (
     micro_batch_grads,
     per_sample_grads,
 )
+from thrifty.batching.conadv import ConAdv, adversarial_step, fgsm
 from thrifty.batching.ghost_bn import GRAD_CLIP_NORM, GhostBatchNorm, Regime, convert_ghost_bn, regime_adaptation
 from thrifty.batching.sgd_noise import (
     AlphaScaledModel,
@@ -30,10 +32,13 @@ __all__ = [
     "AdaptiveBatchSampler",
     "AdaptiveBatchSize",
     "AlphaScaledModel",
+    "ConAdv",
     "GhostBatchNorm",
     "Regime",
+    "adversarial_step",
     "convert_ghost_bn",
     "critical_temperature",
+    "fgsm",
     "micro_batch_grads",
     "per_sample_grads",
     "plot_phase_diagram",
