@@ -149,6 +149,6 @@ register(
         threshold=f"median over seeds of the steps fraction <= {STEPS_RATIO_THRESHOLD}, and the batch size grew "
         "during training on every seed",
         run=adadagrad_norm_claim,
-        default=False,
+        default=True,
     )
 )

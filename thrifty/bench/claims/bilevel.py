@@ -126,6 +126,6 @@ register(
         "with plain moving averages, same hyperparameters and samples, 3 seeds",
         threshold="BSVRB's mean (over seeds) second-half relative hypergradient error < the no-VR variant's",
         run=bsvrb_claim,
-        default=False,
+        default=True,
     )
 )

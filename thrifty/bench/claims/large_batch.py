@@ -266,7 +266,7 @@ register(
         threshold="gap = small - large plain accuracy (mean over seeds); held if (fixed - large plain) / gap >= 0.5; "
         "inconclusive if the gap is below 0.01",
         run=ghost_bn_claim,
-        default=False,
+        default=True,
     )
 )
 register(
@@ -284,6 +284,6 @@ register(
         "training and FGSM accuracy reported, not judged",
         threshold=f"|ConAdv - sequential| mean val accuracy <= {CONADV_TOLERANCE}",
         run=conadv_claim,
-        default=False,
+        default=True,
     )
 )

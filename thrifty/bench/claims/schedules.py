@@ -364,7 +364,7 @@ register(
         "lr, on the digits MLP and CNN",
         threshold=f"mean final val loss of refined <= linear's x {1 + MATCH_TOLERANCE:g} on both workloads",
         run=refined_claim,
-        default=False,
+        default=True,
     )
 )
 register(
@@ -379,7 +379,7 @@ register(
         "bisection per batch size and seed, and the slope of its logarithm against the batch size's",
         threshold="slope in [0.7, 1.3] for SGD and in [0.3, 0.7] for Adam",
         run=scaling_rules_claim,
-        default=False,
+        default=True,
     )
 )
 register(
@@ -393,6 +393,6 @@ register(
         "LanczosLR sets (no tuning) and of SGD with momentum 0.9 and its learning rate tuned on a grid",
         threshold=f"LanczosLR's mean final val loss <= tuned SGD's x {1 + LANCZOS_TOLERANCE:g}",
         run=lanczos_lr_claim,
-        default=False,
+        default=True,
     )
 )

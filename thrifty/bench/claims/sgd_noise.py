@@ -129,6 +129,6 @@ register(
         "power-law fit T_c ~ P^-a on log-log axes; test-error phase diagram reported",
         threshold=f"fitted a > 0 and R^2 >= {SGD_NOISE_MIN_R2} (inconclusive when fewer than 3 sizes give a T_c)",
         run=sgd_noise_claim,
-        default=False,
+        default=True,
     )
 )

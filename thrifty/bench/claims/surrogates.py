@@ -197,7 +197,7 @@ register(
         "SGD; SGD's lr and SSO's eta (per m) tuned on half-decade grids of the same size on seed 0",
         threshold="for each m in {1, 10}, SSO's mean final training loss < tuned SGD's",
         run=sso_claim,
-        default=False,
+        default=True,
     )
 )
 
