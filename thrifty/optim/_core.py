@@ -127,8 +127,8 @@ class CompiledUpdate:
 
     This is the ``fused=True`` path of thrifty's optimizers: the elementwise update of one
     parameter (reading the parameter, its gradient and its states once, writing them once) becomes
-    a single generated loop instead of a dozen eager passes. Hyperparameters arrive as one float64
-    tensor so that a changing learning rate never triggers a recompile. If compilation fails (no
+    a single generated loop instead of a dozen eager passes. Hyperparameters arrive as one tensor
+    so that a changing learning rate never triggers a recompile. If compilation fails (no
     C++ compiler, an unsupported backend), a warning is issued and the same function runs eagerly.
     ``compile_seconds`` records how long the first (compiling) call took.
     """
@@ -158,9 +158,14 @@ class CompiledUpdate:
         self._compiled(*args)
 
 
-def hyperparameters(values: Iterable[float], device: torch.device) -> Tensor:
-    """Scalars for a ``CompiledUpdate`` as one float64 tensor on the parameter's device."""
-    return torch.tensor(list(values), dtype=torch.float64, device=device)
+def hyperparameters(values: Iterable[float], param: Tensor) -> Tensor:
+    """Scalars for a ``CompiledUpdate`` as one tensor on the parameter's device.
+
+    float64 for float64 parameters, else float32: the precision eager ATen kernels use for Python
+    scalars applied to float32 tensors, and the generated loop then stays in single precision.
+    """
+    dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
+    return torch.tensor(list(values), dtype=dtype, device=param.device)
 
 
 def check_fused(foreach: bool | None, fused: bool | None) -> None:

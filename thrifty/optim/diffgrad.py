@@ -186,7 +186,7 @@ class DiffGrad(ThriftyOptimizer):
             state["step"] += 1
             step = state["step"]
             step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-            hp = hyperparameters((beta1, beta2, step_size, group["eps"], group["weight_decay"], sign), p.device)
+            hp = hyperparameters((beta1, beta2, step_size, group["eps"], group["weight_decay"], sign), p)
             tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["previous_grad"])
             _FUSED_UPDATE(*(t.view(-1) for t in tensors), hp)
 

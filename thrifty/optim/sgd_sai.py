@@ -173,7 +173,7 @@ class SGDSaI(ThriftyOptimizer):
                 state["momentum_buffer"] = p.grad * sign
                 p.mul_(decay).add_(state["momentum_buffer"], alpha=-(lr * state["gsnr"]))
                 continue
-            hp = hyperparameters((momentum, decay, lr * state["gsnr"], sign), p.device)
+            hp = hyperparameters((momentum, decay, lr * state["gsnr"], sign), p)
             _FUSED_UPDATE(p.view(-1), p.grad.view(-1), state["momentum_buffer"].view(-1), hp)
 
 
