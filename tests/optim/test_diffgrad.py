@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import copy
-import io
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from official_mlp import F64, NAMES, assert_resume_is_bit_identical, build_optimizer, load, negated, problem, train
 
 from thrifty.optim._core import state_bytes
 from thrifty.optim.diffgrad import DiffGrad, friction
-
-FIXTURE = Path(__file__).parent / "fixtures" / "diffgrad_official.json"
-NAMES = ("W1", "b1", "W2", "b2")
-F64 = torch.float64
 
 
 def _sig(x: float) -> float:
@@ -25,46 +19,11 @@ def _sig(x: float) -> float:
 
 @pytest.fixture(scope="module")
 def official() -> dict:
-    return json.loads(FIXTURE.read_text())
-
-
-def _options(options: dict) -> dict:
-    return {k: tuple(v) if k == "betas" else v for k, v in options.items()}
-
-
-def _problem(official: dict, init: dict | None = None):
-    """The fixture's MLP: leaf parameters (W1, b1, W2, b2) and a loss closure over its 16 points."""
-    problem = official["problem"]
-    init = init or {k: torch.tensor(problem["init"][k], dtype=F64) for k in NAMES}
-    params = [init[k].clone().requires_grad_(True) for k in NAMES]
-    x = torch.tensor(problem["x"], dtype=F64)
-    y = torch.tensor(problem["y"], dtype=F64)
-
-    def loss_fn() -> torch.Tensor:
-        w1, b1, w2, b2 = params
-        return ((torch.tanh(x @ w1.T + b1) @ w2.T + b2 - y) ** 2).mean()
-
-    return params, loss_fn
+    return load("diffgrad_official.json")
 
 
 def _optimizer(official: dict, params: list[torch.Tensor], **extra) -> DiffGrad:
-    spec = official["optimizer"]
-    group1 = {"params": [params[1], params[3]], **_options(spec["group1"])}
-    return DiffGrad([{"params": [params[0], params[2]]}, group1], **{**_options(spec["defaults"]), **extra})
-
-
-def _negated(loss_fn):
-    return lambda: -loss_fn()
-
-
-def _train(opt: torch.optim.Optimizer, params: list[torch.Tensor], loss_fn, steps: int) -> list[list]:
-    trajectory = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss_fn().backward()
-        opt.step()
-        trajectory.append([p.detach().clone() for p in params])
-    return trajectory
+    return build_optimizer(DiffGrad, official, params, **extra)
 
 
 @pytest.mark.parametrize("foreach", [False, True])
@@ -123,8 +82,8 @@ def test_constant_gradient_is_adam_at_half_lr_after_step_one(foreach: bool) -> N
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_matches_official_trajectory(official: dict, foreach: bool) -> None:
-    params, loss_fn = _problem(official)
-    trajectory = _train(_optimizer(official, params, foreach=foreach), params, loss_fn, official["steps"])
+    params, loss_fn = problem(official)
+    trajectory = train(_optimizer(official, params, foreach=foreach), params, loss_fn, official["steps"])
     for mine, theirs in zip(trajectory, official["trajectory"], strict=True):
         for name, p in zip(NAMES, mine, strict=True):
             torch.testing.assert_close(p, torch.tensor(theirs[name], dtype=F64), rtol=1e-9, atol=1e-12)
@@ -133,9 +92,9 @@ def test_matches_official_trajectory(official: dict, foreach: bool) -> None:
 def test_foreach_equals_reference(official: dict) -> None:
     runs = []
     for foreach in (False, True):
-        params, loss_fn = _problem(official)
+        params, loss_fn = problem(official)
         opt = _optimizer(official, params, foreach=foreach, maximize=False)
-        runs.append(_train(opt, params, loss_fn, 20))
+        runs.append(train(opt, params, loss_fn, 20))
     for a, b in zip(*runs, strict=True):
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-12, atol=0)
@@ -173,31 +132,14 @@ def test_previous_grad_is_a_copy_including_weight_decay(foreach: bool) -> None:
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_resume_from_state_dict_is_bit_identical(official: dict, foreach: bool) -> None:
-    params, loss_fn = _problem(official)
-    full = _train(_optimizer(official, params, foreach=foreach), params, loss_fn, 20)
-
-    params, loss_fn = _problem(official)
-    opt = _optimizer(official, params, foreach=foreach)
-    _train(opt, params, loss_fn, 8)
-    buffer = io.BytesIO()
-    torch.save({"params": [p.detach() for p in params], "optim": opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer)
-
-    params, loss_fn = _problem(official, dict(zip(NAMES, saved["params"], strict=True)))
-    opt = _optimizer(official, params, foreach=foreach)
-    opt.load_state_dict(saved["optim"])
-    resumed = _train(opt, params, loss_fn, 12)
-    for a, b in zip(full[8:], resumed, strict=True):
-        for x, y in zip(a, b, strict=True):
-            assert torch.equal(x, y)
+    assert_resume_is_bit_identical(DiffGrad, official, foreach=foreach)
 
 
 def test_loads_a_state_dict_without_the_extra_options(official: dict) -> None:
     """The official class saves no ``foreach``/``maximize``; such a state dict still loads and runs."""
-    params, loss_fn = _problem(official)
+    params, loss_fn = problem(official)
     opt = _optimizer(official, params)
-    _train(opt, params, loss_fn, 3)
+    train(opt, params, loss_fn, 3)
     state_dict = copy.deepcopy(opt.state_dict())
     for group in state_dict["param_groups"]:
         del group["foreach"], group["maximize"]
@@ -205,16 +147,16 @@ def test_loads_a_state_dict_without_the_extra_options(official: dict) -> None:
     fresh.load_state_dict(state_dict)
     assert all(g["foreach"] is None and g["maximize"] is False for g in fresh.param_groups)
     assert fresh.state[params[0]]["step"] == 3
-    _train(fresh, params, loss_fn, 1)
+    train(fresh, params, loss_fn, 1)
 
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_maximize_equals_minimizing_the_negated_loss(official: dict, foreach: bool) -> None:
     runs = []
     for maximize in (False, True):
-        params, loss_fn = _problem(official)
+        params, loss_fn = problem(official)
         opt = _optimizer(official, params, foreach=foreach, maximize=maximize)
-        runs.append(_train(opt, params, _negated(loss_fn) if maximize else loss_fn, 10))
+        runs.append(train(opt, params, negated(loss_fn) if maximize else loss_fn, 10))
     for a, b in zip(*runs, strict=True):
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-14, atol=0)

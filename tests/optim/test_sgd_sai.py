@@ -3,61 +3,24 @@
 from __future__ import annotations
 
 import copy
-import io
-import json
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from official_mlp import F64, NAMES, assert_resume_is_bit_identical, build_optimizer, load, negated, problem, train
 
 from thrifty.optim._core import state_bytes
 from thrifty.optim.sgd_sai import SGDSaI, gsnr
 
-FIXTURE = Path(__file__).parent / "fixtures" / "sgd_sai_official.json"
-NAMES = ("W1", "b1", "W2", "b2")
-F64 = torch.float64
-
 
 @pytest.fixture(scope="module")
 def official() -> dict:
-    return json.loads(FIXTURE.read_text())
-
-
-def _problem(official: dict, init: dict | None = None):
-    """The fixture's MLP: leaf parameters (W1, b1, W2, b2) and a loss closure over its 16 points."""
-    problem = official["problem"]
-    init = init or {k: torch.tensor(problem["init"][k], dtype=F64) for k in NAMES}
-    params = [init[k].clone().requires_grad_(True) for k in NAMES]
-    x = torch.tensor(problem["x"], dtype=F64)
-    y = torch.tensor(problem["y"], dtype=F64)
-
-    def loss_fn() -> torch.Tensor:
-        w1, b1, w2, b2 = params
-        return ((torch.tanh(x @ w1.T + b1) @ w2.T + b2 - y) ** 2).mean()
-
-    return params, loss_fn
+    return load("sgd_sai_official.json")
 
 
 def _optimizer(official: dict, params: list[torch.Tensor], **extra) -> SGDSaI:
-    spec = official["optimizer"]
-    groups = [{"params": [params[0], params[2]]}, {"params": [params[1], params[3]], **spec["group1"]}]
-    return SGDSaI(groups, **{**spec["defaults"], **extra})
-
-
-def _negated(loss_fn):
-    return lambda: -loss_fn()
-
-
-def _train(opt: torch.optim.Optimizer, params: list[torch.Tensor], loss_fn, steps: int) -> list[list]:
-    trajectory = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss_fn().backward()
-        opt.step()
-        trajectory.append([p.detach().clone() for p in params])
-    return trajectory
+    return build_optimizer(SGDSaI, official, params, **extra)
 
 
 def _force_gsnr(opt: SGDSaI, value: float) -> None:
@@ -99,16 +62,16 @@ def test_three_hand_computed_steps(foreach: bool) -> None:
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_unit_gsnr_without_decay_is_ema_momentum_sgd(official: dict, foreach: bool, momentum: float) -> None:
-    params, loss_fn = _problem(official)
+    params, loss_fn = problem(official)
     opt = SGDSaI(params, lr=0.05, momentum=momentum, weight_decay=0.0, foreach=foreach)
     _force_gsnr(opt, 1.0)
-    mine = _train(opt, params, loss_fn, 15)
+    mine = train(opt, params, loss_fn, 15)
     assert all(("momentum_buffer" in opt.state[p]) == (momentum != 0) for p in params)
 
-    params, loss_fn = _problem(official)
+    params, loss_fn = problem(official)
     # torch's SGD starts the buffer at g and then applies buf = mu * buf + (1 - dampening) g.
     sgd = torch.optim.SGD(params, lr=0.05, momentum=momentum, dampening=momentum)
-    theirs = _train(sgd, params, loss_fn, 15)
+    theirs = train(sgd, params, loss_fn, 15)
     for a, b in zip(mine, theirs, strict=True):
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-12, atol=0)
@@ -116,8 +79,8 @@ def test_unit_gsnr_without_decay_is_ema_momentum_sgd(official: dict, foreach: bo
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_matches_official_trajectory(official: dict, foreach: bool) -> None:
-    params, loss_fn = _problem(official)
-    trajectory = _train(_optimizer(official, params, foreach=foreach), params, loss_fn, official["steps"])
+    params, loss_fn = problem(official)
+    trajectory = train(_optimizer(official, params, foreach=foreach), params, loss_fn, official["steps"])
     for mine, theirs in zip(trajectory, official["trajectory"], strict=True):
         for name, p in zip(NAMES, mine, strict=True):
             torch.testing.assert_close(p, torch.tensor(theirs[name], dtype=F64), rtol=1e-9, atol=1e-12)
@@ -127,9 +90,9 @@ def test_matches_official_trajectory(official: dict, foreach: bool) -> None:
 def test_foreach_equals_reference(official: dict, momentum: float) -> None:
     runs = []
     for foreach in (False, True):
-        params, loss_fn = _problem(official)
+        params, loss_fn = problem(official)
         opt = _optimizer(official, params, foreach=foreach, momentum=momentum)
-        runs.append(_train(opt, params, loss_fn, 20))
+        runs.append(train(opt, params, loss_fn, 20))
     for a, b in zip(*runs, strict=True):
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-15)
@@ -233,31 +196,14 @@ def test_closure_is_evaluated_once() -> None:
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_resume_from_state_dict_is_bit_identical(official: dict, foreach: bool) -> None:
-    params, loss_fn = _problem(official)
-    full = _train(_optimizer(official, params, foreach=foreach), params, loss_fn, 20)
-
-    params, loss_fn = _problem(official)
-    opt = _optimizer(official, params, foreach=foreach)
-    _train(opt, params, loss_fn, 8)
-    buffer = io.BytesIO()
-    torch.save({"params": [p.detach() for p in params], "optim": opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer)
-
-    params, loss_fn = _problem(official, dict(zip(NAMES, saved["params"], strict=True)))
-    opt = _optimizer(official, params, foreach=foreach)
-    opt.load_state_dict(saved["optim"])
-    resumed = _train(opt, params, loss_fn, 12)
-    for a, b in zip(full[8:], resumed, strict=True):
-        for x, y in zip(a, b, strict=True):
-            assert torch.equal(x, y)
+    assert_resume_is_bit_identical(SGDSaI, official, foreach=foreach)
 
 
 def test_loads_an_official_format_state_dict(official: dict) -> None:
     """The official class stores g-SNR as a 0-dim tensor and saves no ``foreach``/``maximize``."""
-    params, loss_fn = _problem(official)
+    params, loss_fn = problem(official)
     opt = _optimizer(official, params)
-    _train(opt, params, loss_fn, 3)
+    train(opt, params, loss_fn, 3)
     state_dict = copy.deepcopy(opt.state_dict())
     for group in state_dict["param_groups"]:
         del group["foreach"], group["maximize"]
@@ -268,16 +214,16 @@ def test_loads_an_official_format_state_dict(official: dict) -> None:
     fresh.load_state_dict(state_dict)
     assert [fresh.state[p]["gsnr"] for p in params] == expected
     assert all(g["foreach"] is None and g["maximize"] is False for g in fresh.param_groups)
-    _train(fresh, params, loss_fn, 1)
+    train(fresh, params, loss_fn, 1)
 
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_maximize_equals_minimizing_the_negated_loss(official: dict, foreach: bool) -> None:
     runs = []
     for maximize in (False, True):
-        params, loss_fn = _problem(official)
+        params, loss_fn = problem(official)
         opt = _optimizer(official, params, foreach=foreach, maximize=maximize)
-        runs.append(_train(opt, params, _negated(loss_fn) if maximize else loss_fn, 10))
+        runs.append(train(opt, params, negated(loss_fn) if maximize else loss_fn, 10))
     for a, b in zip(*runs, strict=True):
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-14, atol=0)
