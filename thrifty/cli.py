@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 __all__ = ["main"]
+
+# Field folders that add their own subcommands: each module has ``register(subparsers)``, which adds parsers
+# whose ``func(args, console) -> int`` may raise ``UsageError``.
+_FIELD_CLIS: tuple[str, ...] = ()
 
 _STATUS_STYLE = {"implemented": "green", "partial": "yellow", "planned": "dim"}
 
@@ -458,6 +463,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/train", help="output folder for metrics.json and curve.png")
     p.set_defaults(func=_cmd_train)
+
+    for name in _FIELD_CLIS:
+        importlib.import_module(name).register(sub)
     return parser
 
 

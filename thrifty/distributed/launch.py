@@ -1,0 +1,131 @@
+"""Start process groups: ``spawn`` for local processes (tests, claims), ``init_from_env`` under ``torchrun``.
+
+``spawn(fn, world_size, *args)`` starts ``world_size`` fresh interpreters (the ``spawn`` start method, so nothing
+inherited from the parent's threads), joins them in one process group over loopback, calls
+``fn(rank, world_size, *args)`` in each and returns the ranks' return values in rank order. A failing rank's
+traceback is raised in the parent and the other ranks are stopped, so a bug never turns into a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+__all__ = ["default_backend", "free_port", "init_from_env", "spawn"]
+
+
+def default_backend() -> str:
+    """NCCL when CUDA is available, gloo otherwise."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = 300.0) -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes in the environment; returns ``(rank, world_size)``."""
+    if not dist.is_initialized():
+        dist.init_process_group(backend or default_backend(), timeout=timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _child(
+    rank: int,
+    world_size: int,
+    port: int,
+    backend: str,
+    threads: int,
+    timeout_s: float,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    results: Any,
+) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(threads)
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+        try:
+            value = fn(rank, world_size, *args)
+        finally:
+            dist.destroy_process_group()
+        results.put((rank, True, value))
+    except BaseException:  # noqa: BLE001 - every failure must reach the parent, not hang it
+        results.put((rank, False, traceback.format_exc()))
+
+
+def spawn(
+    fn: Callable[..., Any],
+    world_size: int,
+    *args: Any,
+    backend: str = "gloo",
+    threads: int = 1,
+    timeout_s: float = 300.0,
+) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` local processes in one process group.
+
+    ``fn`` must be importable (defined at module level) and its arguments and return value picklable.
+    ``threads`` sets each process's intra-op threads (one by default: several processes share the cores).
+    Raises ``RuntimeError`` with the first failing rank's traceback, or when the run exceeds ``timeout_s``.
+    """
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    port = free_port()
+    procs = [
+        ctx.Process(
+            target=_child, args=(rank, world_size, port, backend, threads, timeout_s, fn, args, results), daemon=True
+        )
+        for rank in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    values: dict[int, Any] = {}
+    failure: tuple[int, str] | None = None
+    try:
+        for _ in range(world_size):
+            rank, ok, value = _get(results, procs, timeout_s)
+            if not ok:
+                failure = (rank, value)
+                break
+            values[rank] = value
+    finally:
+        for p in procs:
+            if failure is not None and p.is_alive():
+                p.terminate()
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    if failure is not None:
+        raise RuntimeError(f"rank {failure[0]} of {world_size} failed:\n{failure[1]}")
+    return [values[r] for r in range(world_size)]
+
+
+def _get(results: Any, procs: list[Any], timeout_s: float) -> tuple[int, bool, Any]:
+    """Wait for the next result; a process that died without reporting, or a timeout, is a failure."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if not results.empty():
+            return results.get()
+        dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0)]
+        if dead:
+            return dead[0], False, f"process exited with code {procs[dead[0]].exitcode} before reporting"
+        if time.monotonic() > deadline:
+            for p in procs:
+                p.terminate()
+            raise RuntimeError(f"distributed run exceeded {timeout_s:.0f} s")
+        time.sleep(0.01)
