@@ -366,14 +366,25 @@ def _cmd_speed(args: argparse.Namespace, console: Console) -> int:
         table.add_column(column, justify="right")
     for r in results:
         state_ratio = f"{r.state_ratio_vs_adamw:.2f}" if r.state_ratio_vs_adamw is not None else "-"
-        table.add_row(r.spec, f"{r.median_ms:.1f}", f"{r.mean_ms:.1f}", f"{r.first_step_ms:.0f}",
-                      f"{r.ratio_vs['adamw:fused']:.2f}", f"{r.ratio_vs['adamw:foreach']:.2f}",
-                      f"{r.state_bytes / 2**20:.1f}", state_ratio)
+        table.add_row(
+            r.spec,
+            f"{r.median_ms:.1f}",
+            f"{r.mean_ms:.1f}",
+            f"{r.first_step_ms:.0f}",
+            f"{r.ratio_vs['adamw:fused']:.2f}",
+            f"{r.ratio_vs['adamw:foreach']:.2f}",
+            f"{r.state_bytes / 2**20:.1f}",
+            state_ratio,
+        )
     console.print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"model": args.model, "rounds": args.rounds, "environment": environment(),
-              "results": [r.to_dict() for r in results]}
+    record = {
+        "model": args.model,
+        "rounds": args.rounds,
+        "environment": environment(),
+        "results": [r.to_dict() for r in results],
+    }
     (out / "speed.json").write_text(json.dumps(record, indent=1) + "\n")
     console.print(f"wrote {out / 'speed.json'}")
     return 0
@@ -399,19 +410,24 @@ def _parser() -> argparse.ArgumentParser:
         choices=("smoke", "quick", "full"),
         help="smoke: seconds; quick: minutes on a CPU (default); full: GPU-sized",
     )
-    p.add_argument(
-        "--seeds", type=int, default=None, help="number of seeds (default 2 smoke, 3 quick, 5 full)"
-    )
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 2 smoke, 3 quick, 5 full)")
     p.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
     p.add_argument("--all", action="store_true", help="run every implemented claim")
     p.add_argument("--field", help="run every claim of one field")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("speed", help="time optimizer steps and count state bytes against torch's AdamW")
-    p.add_argument("specs", nargs="*", metavar="NAME[:VARIANT]",
-                   help="optimizers, e.g. soap sgd_sai:single adamw:fused (variants: fused, foreach, single)")
-    p.add_argument("--model", default="mlp8m",
-                   help="mlp8m (8.4M parameters, default), mlp1m, mlp50k, or charlm (the char-LM workload)")
+    p.add_argument(
+        "specs",
+        nargs="*",
+        metavar="NAME[:VARIANT]",
+        help="optimizers, e.g. soap sgd_sai:single adamw:fused (variants: fused, foreach, single)",
+    )
+    p.add_argument(
+        "--model",
+        default="mlp8m",
+        help="mlp8m (8.4M parameters, default), mlp1m, mlp50k, or charlm (the char-LM workload)",
+    )
     p.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
     p.add_argument("--out", default="bench-results", help="output folder for speed.json")
     p.set_defaults(func=_cmd_speed)

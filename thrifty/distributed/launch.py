@@ -95,23 +95,34 @@ def spawn(
     for p in procs:
         p.start()
     values: dict[int, Any] = {}
-    failure: tuple[int, str] | None = None
+    failures: dict[int, str] = {}
     try:
         for _ in range(world_size):
             rank, ok, value = _get(results, procs, timeout_s)
             if not ok:
-                failure = (rank, value)
+                failures[rank] = value
                 break
             values[rank] = value
+        if failures:
+            # A failing rank makes its peers fail too (connection reset): give their reports a moment to arrive,
+            # so that the message shows every rank's error, not only the first to be read.
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and len(values) + len(failures) < world_size:
+                if results.empty():
+                    time.sleep(0.05)
+                    continue
+                rank, ok, value = results.get()
+                (values if ok else failures)[rank] = value
     finally:
         for p in procs:
-            if failure is not None and p.is_alive():
+            if failures and p.is_alive():
                 p.terminate()
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
-    if failure is not None:
-        raise RuntimeError(f"rank {failure[0]} of {world_size} failed:\n{failure[1]}")
+    if failures:
+        detail = "\n".join(f"--- rank {r} ---\n{tb}" for r, tb in sorted(failures.items()))
+        raise RuntimeError(f"ranks {sorted(failures)} of {world_size} failed:\n{detail}")
     return [values[r] for r in range(world_size)]
 
 
