@@ -7,10 +7,16 @@ from __future__ import annotations
 
 from thrifty.serve.kv.block_manager import BlockManager
 from thrifty.serve.sched.base import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
+from thrifty.serve.sched.orca import OrcaScheduler
+from thrifty.serve.sched.prefill_first import PrefillFirstScheduler
+from thrifty.serve.sched.sarathi import SarathiScheduler
 from thrifty.serve.sched.sarathi_serve import SarathiServeScheduler
 
 __all__ = [
     "SCHEDULERS",
+    "OrcaScheduler",
+    "PrefillFirstScheduler",
+    "SarathiScheduler",
     "ScheduledChunk",
     "Scheduler",
     "SchedulerConfig",
@@ -19,7 +25,9 @@ __all__ = [
     "create_scheduler",
 ]
 
-SCHEDULERS: dict[str, type[Scheduler]] = {cls.name: cls for cls in (SarathiServeScheduler,)}
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    cls.name: cls for cls in (PrefillFirstScheduler, OrcaScheduler, SarathiScheduler, SarathiServeScheduler)
+}
 
 
 def create_scheduler(name: str, block_manager: BlockManager, config: SchedulerConfig | None = None) -> Scheduler:

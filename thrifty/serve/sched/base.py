@@ -140,6 +140,11 @@ class Scheduler(abc.ABC):
         self._counter = itertools.count()
         self.num_preemptions = 0
         self.num_steps = 0
+        if self.config.max_num_seqs > self.config.max_num_batched_tokens:
+            raise ValueError(
+                f"max_num_seqs {self.config.max_num_seqs} exceeds max_num_batched_tokens "
+                f"{self.config.max_num_batched_tokens}: the running decodes alone could overrun the token budget"
+            )
 
     # ------------------------------------------------------------------ requests
     def add_request(self, req: Request) -> None:
@@ -154,17 +159,29 @@ class Scheduler(abc.ABC):
         self.waiting.append(req)
 
     def check_fits(self, req: Request) -> None:
-        """Raise ``ValueError`` if the request's prompt plus ``max_tokens`` cannot fit in the KV pool alone."""
+        """Raise ``ValueError`` if the request could never run to ``max_tokens``: its KV (prompt plus outputs) must
+        fit the pool minus the watermark (so that it can be admitted again after a preemption), and policies that
+        prefill whole sequences need them to fit the token budget."""
         bm = self.block_manager
         usable = bm.num_blocks - bm.watermark_blocks
-        prompt_blocks = bm.blocks_for(req.num_prompt_tokens)
-        total_blocks = bm.blocks_for(req.num_prompt_tokens + req.max_tokens - 1)
-        if prompt_blocks > usable or total_blocks > bm.num_blocks:
+        num_kv = req.num_prompt_tokens + req.max_tokens - 1
+        if bm.blocks_for(num_kv) > usable:
             raise ValueError(
-                f"request {req.request_id!r} needs up to {req.num_prompt_tokens + req.max_tokens - 1} KV slots "
-                f"({total_blocks} blocks of {bm.block_size}) but the KV pool holds {bm.num_blocks} blocks "
-                f"({usable} admissible after the watermark): shorten the prompt or max_tokens"
+                f"request {req.request_id!r} needs up to {num_kv} KV slots ({bm.blocks_for(num_kv)} blocks of "
+                f"{bm.block_size}) but the KV pool admits {usable} blocks ({bm.num_blocks} less the watermark): "
+                "shorten the prompt or max_tokens, or give the cache more blocks"
             )
+        longest = self.max_prefill_tokens(req)
+        if longest is not None and longest > self.config.max_num_batched_tokens:
+            raise ValueError(
+                f"request {req.request_id!r}: {self.name} prefills whole sequences of up to {longest} tokens at once, "
+                f"over max_num_batched_tokens {self.config.max_num_batched_tokens}: raise the budget or use a "
+                "chunking policy (sarathi, sarathi_serve)"
+            )
+
+    def max_prefill_tokens(self, req: Request) -> int | None:
+        """The longest single prefill chunk this policy may need for ``req`` (``None``: it chunks prefills)."""
+        return None
 
     def abort(self, request_id: str) -> Request | None:
         """Finish a request with reason ``"abort"`` in any state, freeing its blocks; ``None`` if unknown."""
@@ -280,6 +297,26 @@ class Scheduler(abc.ABC):
         self.block_manager.allocate(req, num_tokens)
         req.status = RequestStatus.RUNNING
         self.running.append(req)
+
+    def _decode_running(self, out: SchedulerOutput) -> None:
+        """Schedule one decode token for every running request past its prefill, in FCFS order. When no slot can be
+        appended, preempt the lowest-priority running request not yet visited (or the request itself when none is
+        left), as vLLM and Sarathi-Serve do."""
+        bm = self.block_manager
+        self._sort_running()
+        queue = list(self.running)
+        while queue:
+            req = queue.pop(0)
+            if req.is_prefilling:
+                continue
+            while not bm.can_append_slots(req, 1):
+                victim = queue.pop() if queue else req
+                self._preempt(victim, out)
+                if victim is req:
+                    break
+            else:
+                bm.append_slots(req, 1)
+                out.chunks.append(self._chunk(req, 1))
 
     def _sort_running(self) -> None:
         self.running.sort(key=self.priority)

@@ -50,15 +50,11 @@ class SarathiServeScheduler(Scheduler):
                 raise ValueError(
                     f"high_chunk_size {cfg.high_chunk_size} exceeds the token budget {cfg.max_num_batched_tokens}"
                 )
-        if cfg.max_num_seqs > self._min_chunk_size:
-            raise ValueError(
-                f"max_num_seqs {cfg.max_num_seqs} exceeds the smallest chunk size {self._min_chunk_size}: the "
-                "running decodes alone could overrun the token budget"
-            )
-
-    @property
-    def _min_chunk_size(self) -> int:
-        return min(self._chunk_sizes) if self.config.dynamic_chunking else self.config.max_num_batched_tokens
+            if cfg.max_num_seqs > min(self._chunk_sizes):
+                raise ValueError(
+                    f"max_num_seqs {cfg.max_num_seqs} exceeds the smallest dynamic chunk {min(self._chunk_sizes)}: "
+                    "the running decodes alone could overrun a step's budget"
+                )
 
     def chunk_budget(self, req: Request) -> int:
         """Token budget of the step that continues ``req``'s prefill (its dynamic stage's size, or the budget)."""
@@ -70,24 +66,9 @@ class SarathiServeScheduler(Scheduler):
     def _schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
         bm = self.block_manager
-        self._sort_running()
-        queue = list(self.running)
-        prefills: list[Request] = []
-        num_batched = 0
-        while queue:
-            req = queue.pop(0)
-            if req.is_prefilling:
-                prefills.append(req)
-                continue
-            while not bm.can_append_slots(req, 1):
-                victim = queue.pop() if queue else req
-                self._preempt(victim, out)
-                if victim is req:
-                    break
-            else:
-                bm.append_slots(req, 1)
-                out.chunks.append(self._chunk(req, 1))
-                num_batched += 1
+        self._decode_running(out)
+        num_batched = out.num_batched_tokens
+        prefills = [r for r in self.running if r.is_prefilling]
         for req in prefills:
             n = min(req.remaining_prefill, self.chunk_budget(req) - num_batched)
             if n > 0:
