@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from thrifty.serve.kv.block_manager import BlockManager
 from thrifty.serve.sched.base import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
+from thrifty.serve.sched.batchllm import BatchLLMScheduler
 from thrifty.serve.sched.orca import OrcaScheduler
 from thrifty.serve.sched.prefill_first import PrefillFirstScheduler
 from thrifty.serve.sched.sarathi import SarathiScheduler
@@ -14,6 +15,7 @@ from thrifty.serve.sched.sarathi_serve import SarathiServeScheduler
 
 __all__ = [
     "SCHEDULERS",
+    "BatchLLMScheduler",
     "OrcaScheduler",
     "PrefillFirstScheduler",
     "SarathiScheduler",
@@ -26,7 +28,8 @@ __all__ = [
 ]
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    cls.name: cls for cls in (PrefillFirstScheduler, OrcaScheduler, SarathiScheduler, SarathiServeScheduler)
+    cls.name: cls
+    for cls in (PrefillFirstScheduler, OrcaScheduler, SarathiScheduler, SarathiServeScheduler, BatchLLMScheduler)
 }
 
 
