@@ -1,0 +1,118 @@
+"""Load Hugging Face Llama checkpoints from a local directory (no network), and the embedded default model.
+
+A checkpoint directory holds ``config.json`` (Hugging Face ``LlamaConfig`` fields), the weights as
+``model.safetensors`` or shards listed in ``model.safetensors.index.json``, and optionally ``tokenizer.json``
+(loaded through ``tokenizers``) and ``generation_config.json`` (extra EOS ids). Weights are cast to ``dtype``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from thrifty.serve.model.llama import LlamaConfig, LlamaForCausalLM, rope_inv_freq
+
+__all__ = ["DEFAULT_MODEL_DIR", "TextTokenizer", "load_llama", "load_pretrained", "load_tokenizer"]
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "stdlib-llama"
+
+
+class TextTokenizer:
+    """Text <-> token ids through a ``tokenizers.Tokenizer``; ``eos_token_ids`` end generation."""
+
+    def __init__(self, tokenizer, eos_token_ids: Iterable[int] = ()) -> None:  # tokenizers.Tokenizer
+        self.tokenizer = tokenizer
+        self.eos_token_ids = tuple(dict.fromkeys(eos_token_ids))
+
+    @classmethod
+    def from_file(cls, path: str | Path, eos_token_ids: Iterable[int] = ()) -> TextTokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)), eos_token_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text`` (``add_special_tokens`` applies the tokenizer's post-processor, e.g. Llama's BOS)."""
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def _checkpoint_dir(path: str | Path) -> Path:
+    d = Path(path)
+    if not d.is_dir():
+        raise FileNotFoundError(f"model directory {str(d)!r} does not exist (only local checkpoints are loaded)")
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"{d} has no config.json: not a Hugging Face checkpoint directory")
+    return d
+
+
+def _weight_files(d: Path) -> list[Path]:
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(_read_json(index)["weight_map"].values()))
+        missing = [s for s in shards if not (d / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{d}: shards listed in model.safetensors.index.json are missing: {missing}")
+        return [d / s for s in shards]
+    if (d / "model.safetensors").is_file():
+        return [d / "model.safetensors"]
+    found = sorted(d.glob("*.safetensors"))
+    if found:
+        return found
+    raise FileNotFoundError(f"{d} has no *.safetensors weights (PyTorch .bin checkpoints are not supported)")
+
+
+def load_llama(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> LlamaForCausalLM:
+    """The ``LlamaForCausalLM`` of a local Hugging Face checkpoint, weights cast to ``dtype``, in eval mode."""
+    d = _checkpoint_dir(path)
+    config = LlamaConfig.from_dict(_read_json(d / "config.json"))
+    gen_path = d / "generation_config.json"
+    if gen_path.is_file():
+        gen_eos = _read_json(gen_path).get("eos_token_id")
+        if gen_eos is not None:
+            ids = list(config.eos_token_ids) + (gen_eos if isinstance(gen_eos, list) else [gen_eos])
+            config.eos_token_id = list(dict.fromkeys(ids))
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device=device).to(dtype)
+    model.inv_freq = rope_inv_freq(config).to(device)  # a non-persistent buffer: meta tensors hold no values
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(d):
+        state.update(load_file(str(f), device=str(device)))
+    model.load_hf_state_dict({k: v.to(dtype) for k, v in state.items()})
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    return model.eval().requires_grad_(False)
+
+
+def load_tokenizer(path: str | Path, eos_token_ids: Iterable[int] = ()) -> TextTokenizer | None:
+    """The ``tokenizer.json`` of a checkpoint directory through ``tokenizers``, or ``None`` when there is none."""
+    f = Path(path) / "tokenizer.json"
+    return TextTokenizer.from_file(f, eos_token_ids) if f.is_file() else None
+
+
+def load_pretrained(
+    path: str | Path | None = None, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> tuple[LlamaForCausalLM, TextTokenizer | None]:
+    """Model and tokenizer of a local checkpoint; ``None`` loads the embedded default model (``DEFAULT_MODEL_DIR``)."""
+    d = DEFAULT_MODEL_DIR if path is None else Path(path)
+    model = load_llama(d, dtype, device)
+    return model, load_tokenizer(d, model.config.eos_token_ids)
