@@ -1,0 +1,103 @@
+"""A fake executor for scheduler tests: it samples dummy tokens and checks the schedule's invariants every step."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from thrifty.serve import BlockManager, Request, RequestStatus, Scheduler
+from thrifty.serve.sched.batchllm import PREFIX_ID, BatchLLMScheduler
+
+
+def block_holders(sched: Scheduler) -> list[Request]:
+    """Every request whose block table holds references (running requests and BatchLLM's shared prefixes)."""
+    holders = list(sched.running)
+    if isinstance(sched, BatchLLMScheduler):
+        holders += sched._prefixes
+    return holders
+
+
+def check_blocks(sched: Scheduler) -> None:
+    """Free + used = total and each block's reference count equals the number of tables holding it."""
+    bm: BlockManager = sched.block_manager
+    bm.check_invariants()
+    refs = Counter(b for r in block_holders(sched) for b in r.block_table)
+    assert [refs.get(b, 0) for b in range(bm.num_blocks)] == bm.ref_counts
+    assert bm.num_free_blocks + bm.num_used_blocks == bm.num_blocks
+    for r in sched.waiting:
+        assert r.block_table == [] and r.num_computed_tokens == 0 and r.status is RequestStatus.WAITING
+
+
+def run(
+    sched: Scheduler,
+    requests: list[Request],
+    arrivals: list[int] | None = None,
+    seed: int = 0,
+    stop_prob: float = 0.0,
+    abort_prob: float = 0.0,
+    max_steps: int = 20000,
+) -> dict[str, int]:
+    """Drive ``sched`` until every request ends, checking invariants each step; returns step statistics.
+
+    Requests are added at their arrival step unless the caller already added them."""
+    rng = random.Random(seed)
+    arrivals = arrivals or [0] * len(requests)
+    pending = sorted(range(len(requests)), key=lambda i: arrivals[i])
+    bm = sched.block_manager
+    budget = sched.config.max_num_batched_tokens
+    stats = Counter()
+    step = 0
+    while pending or sched.has_unfinished():
+        while pending and arrivals[pending[0]] <= step:
+            req = requests[pending.pop(0)]
+            if req.request_id not in sched.requests and not req.is_finished:  # not added up front
+                sched.add_request(req)
+        if abort_prob and sched.requests and rng.random() < abort_prob:
+            victim = rng.choice(sorted(sched.requests))
+            assert sched.abort(victim).finish_reason == "abort"
+            check_blocks(sched)
+        decoders = {r.request_id for r in sched.running if not r.is_prefilling}
+        out = sched.schedule(now=float(step))
+        step += 1
+        assert step <= max_steps, "the scheduler stopped making progress"
+        if sched.has_unfinished():
+            assert out.chunks or out.preempted, f"empty step with work left: {sched!r}"
+        assert out.num_batched_tokens <= budget
+        ids = [c.request_id for c in out.chunks]
+        assert len(ids) == len(set(ids)), "a request got two chunks"
+        for c in out.chunks:
+            req = c.request
+            assert c.start == req.num_computed_tokens and 0 < c.num_tokens and c.end <= req.num_tokens
+            if c.request_id.startswith(PREFIX_ID):
+                assert not c.sample
+            else:
+                assert c.sample == (c.end == req.num_tokens)
+                assert req.status is RequestStatus.RUNNING and req in sched.running
+            assert len(req.block_table) * bm.block_size >= c.end
+            written = {req.block_table[p // bm.block_size] for p in range(c.start, c.end)}
+            assert all(bm.ref_counts[b] == 1 for b in written), "a chunk writes into a shared block"
+        prefills = [c for c in out.chunks if c.request_id not in decoders]
+        stats["max_prefill_chunks"] = max(stats["max_prefill_chunks"], len(prefills))
+        stats["preemptions"] += len(out.preempted)
+        if sched.name == "sarathi_serve":
+            scheduled = {c.request_id for c in out.chunks if c.is_decode}
+            assert decoders <= scheduled | set(out.preempted), "a running decode was stalled"
+        if sched.name == "prefill_first" and prefills:
+            assert not [c for c in out.chunks if c.request_id in decoders], "prefill_first mixed decodes in"
+        check_blocks(sched)
+        sampled = {c.request_id: rng.randrange(50) for c in out.chunks if c.sample}
+        stopped = {rid for rid in sampled if rng.random() < stop_prob}
+        for req in sched.update(out, sampled, stopped, now=float(step)):
+            assert req.status is RequestStatus.FINISHED and req.block_table == []
+        check_blocks(sched)
+    assert all(r.status is RequestStatus.FINISHED for r in requests), "a request was lost"
+    for r in requests:
+        if r.finish_reason == "length":
+            assert r.num_output_tokens == r.max_tokens
+        elif r.finish_reason == "stop":
+            assert 1 <= r.num_output_tokens <= r.max_tokens
+        else:
+            assert r.finish_reason == "abort"
+    assert all(rc == 0 for rc in bm.ref_counts) and bm.num_free_blocks == bm.num_blocks
+    stats["steps"] = step
+    return dict(stats)
