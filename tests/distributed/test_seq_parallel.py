@@ -31,7 +31,7 @@ def _ring_matches_reference(rank: int, world: int, n: int, causal: bool) -> floa
     return max(e.item() for e in errors)
 
 
-@pytest.mark.parametrize(("world", "causal"), [(2, False), (2, True), (4, True)])
+@pytest.mark.parametrize(("world", "causal"), [(1, True), (2, False), (2, True), (4, True)])
 def test_ring_attention_outputs_and_gradients_match_single_process(world, causal):
     assert max(spawn(_ring_matches_reference, world, 24, causal)) < 1e-12
 

@@ -178,12 +178,13 @@ class _RingAttention(torch.autograd.Function):
                 grad_q += grad_scores @ kv[0].to(acc)
                 grad_kv[0] += grad_scores.transpose(-1, -2) @ q.to(acc)
                 del scores, probs, grad_scores
-            # the gradient of the chunk now held travels on with it; after world hops it is back at its owner
-            grad_kv, grad_requests = ring.start(grad_kv, tag=1)
-            if pending is not None:
-                kv, requests = pending
-                _Ring.wait(requests)
-            _Ring.wait(grad_requests)
+            if world > 1:
+                # the gradient of the chunk now held travels on with it; after world hops it is back at its owner
+                grad_kv, grad_requests = ring.start(grad_kv, tag=1)
+                if pending is not None:
+                    kv, requests = pending
+                    _Ring.wait(requests)
+                _Ring.wait(grad_requests)
         return grad_q.to(q.dtype), grad_kv[0].to(k.dtype), grad_kv[1].to(v.dtype), None, None
 
 
