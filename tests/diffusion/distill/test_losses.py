@@ -12,7 +12,6 @@ from thrifty.diffusion.distill._losses import (
     cauchy_loss,
     ict_discretisation,
     ict_huber_c,
-    lcm_boundary_scalings,
     mse_loss,
     ot_coupling,
     pseudo_huber_loss,
@@ -113,15 +112,6 @@ def test_segment_start_boundaries():
     assert segment_start(t, 2).tolist() == [0.5, 0.5, 0.5, 0.0, 0.5, 0.0, 0.0, 0.0]
     with pytest.raises(ValueError):
         segment_start(t, 0)
-
-
-def test_lcm_scalings_enforce_the_boundary():
-    c_skip, c_out = lcm_boundary_scalings(torch.tensor([0.0, 0.001, 0.5]))
-    assert c_skip[0] == 1.0 and c_out[0] == 0.0
-    u = 0.001 * 10_000
-    assert float(c_skip[1]) == pytest.approx(0.25 / (u * u + 0.25))
-    assert float(c_out[1]) == pytest.approx(u / math.sqrt(u * u + 0.25))
-    assert float(c_skip[2]) < 1e-6
 
 
 def test_feature_distance_is_frozen_feature_l2_plus_l2():

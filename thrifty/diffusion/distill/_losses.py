@@ -22,7 +22,6 @@ __all__ = [
     "cauchy_loss",
     "ict_discretisation",
     "ict_huber_c",
-    "lcm_boundary_scalings",
     "mse_loss",
     "ot_coupling",
     "per_sample_sq_norm",
@@ -149,17 +148,6 @@ def segment_start(t: Tensor, segments: int) -> Tensor:
         raise ValueError(f"segments must be at least 1, got {segments}")
     index = torch.ceil(t * segments - 1e-6).clamp(1, segments) - 1
     return index / segments
-
-
-def lcm_boundary_scalings(
-    t: Tensor, sigma_data: float = 0.5, timestep_scaling: float = 10.0, num_train_timesteps: int = 1000
-) -> tuple[Tensor, Tensor]:
-    """LCM's boundary-condition scalings ``c_skip = s_d^2 / (u^2 + s_d^2)``, ``c_out = u / sqrt(u^2 + s_d^2)``
-    with ``u = t * num_train_timesteps * timestep_scaling`` (diffusers ``scalings_for_boundary_conditions``;
-    t in [0, 1]), so that ``f = c_skip x + c_out x0_pred`` equals ``x`` at t = 0."""
-    u = t * (num_train_timesteps * timestep_scaling)
-    denom = u * u + sigma_data**2
-    return sigma_data**2 / denom, u / denom.sqrt()
 
 
 class FeatureDistance(nn.Module):
