@@ -258,15 +258,18 @@ def _fit_op(profiles: Sequence[_Profile], op: str, gpu: GPUSpec) -> OpCalibratio
     return best[1]
 
 
-def fit_constants(data_dir: str | Path | None = None) -> dict[str, dict[str, OpCalibration]]:
-    """Fit ``OpCalibration`` per GPU and operator on the profiles (all models of a GPU together)."""
+def fit_constants(
+    data_dir: str | Path | None = None, gpus: Sequence[str] | None = None, ops: Sequence[str] = OPS
+) -> dict[str, dict[str, OpCalibration]]:
+    """Fit ``OpCalibration`` per GPU (all profiled, or ``gpus``) and operator (``ops``), all models of a GPU
+    together."""
     profiles = load_profiles(data_dir)
     if not profiles:
         raise FileNotFoundError(f"no gpu-profiles/*_mlp.csv under {data_dir or DEFAULT_DATA_DIR}")
     fitted: dict[str, dict[str, OpCalibration]] = {}
-    for gpu_key in sorted({p.gpu for p in profiles}):
+    for gpu_key in sorted({p.gpu for p in profiles} if gpus is None else gpus):
         mine = [p for p in profiles if p.gpu == gpu_key]
-        fitted[gpu_key] = {op: _fit_op(mine, op, get_gpu(gpu_key)) for op in OPS}
+        fitted[gpu_key] = {op: _fit_op(mine, op, get_gpu(gpu_key)) for op in ops}
     return fitted
 
 
