@@ -63,6 +63,7 @@ def run(
         if sched.has_unfinished():
             assert out.chunks or out.preempted, f"empty step with work left: {sched!r}"
         assert out.num_batched_tokens <= budget
+        assert len(sched.running) <= sched.config.max_num_seqs
         ids = [c.request_id for c in out.chunks]
         assert len(ids) == len(set(ids)), "a request got two chunks"
         for c in out.chunks:

@@ -4,10 +4,10 @@ import itertools
 import random
 
 import pytest
+from fake_executor import run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.serve.fake_executor import run
 from thrifty.serve import BlockManager, Request, RequestStatus, SchedulerConfig
 from thrifty.serve.sched.batchllm import BatchLLMScheduler, build_prefix_tree, plan_prefix_groups
 

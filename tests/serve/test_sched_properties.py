@@ -2,10 +2,10 @@
 
 import random
 
+from fake_executor import run
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.serve.fake_executor import run
 from thrifty.serve import SCHEDULERS, BlockManager, Request, SchedulerConfig, create_scheduler
 
 WHOLE_PREFILL = {"prefill_first", "orca"}
