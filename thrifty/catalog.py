@@ -569,6 +569,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "2412.03594",
         "serve",
         "thrifty.serve.sched.batchllm:BatchLLMScheduler",
+        status="partial",
+        note="scheduler and tests exist; claims pending",
     ),
     _p(
         "sarathi",
@@ -576,6 +578,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "2308.16369",
         "serve",
         "thrifty.serve.sched.sarathi:SarathiScheduler",
+        status="partial",
+        note="scheduler and tests exist; claims pending",
     ),
     _p(
         "sarathi_serve",
@@ -583,6 +587,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "2403.02310",
         "serve",
         "thrifty.serve.sched.sarathi_serve:SarathiServeScheduler",
+        status="partial",
+        note="scheduler and tests exist; claims pending",
     ),
     # data
     _p(
