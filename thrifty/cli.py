@@ -116,7 +116,7 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
     claims = _select_claims(args)
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
-    run = run_claims(claims, scale=args.scale, seeds=args.seeds)
+    run = run_claims(claims, scale=args.scale, seeds=args.seeds, out_dir=args.out)
     results, report = write_all(run, args.out)
     console.print(summary_table(run))
     console.print(f"wrote {results} and {report}")

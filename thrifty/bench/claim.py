@@ -30,13 +30,14 @@ VERDICTS = (HELD, NOT_HELD, INCONCLUSIVE)
 
 @dataclass
 class ClaimContext:
-    """What a claim run is given: the scale, the seeds, and ``track`` for progress bars."""
+    """What a claim run is given: the scale, the seeds, ``track`` for progress bars, ``out_dir`` for figures."""
 
     scale: str
     seeds: list[int]
     track: Callable[[str, int], Callable[[int], None]] = field(
         default=lambda description, total: lambda advance: None
     )
+    out_dir: str | None = None  # where a claim may save extra figures (sample grids); None: save none
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:

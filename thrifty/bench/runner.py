@@ -70,8 +70,10 @@ def run_claims(
     scale: str = "quick",
     seeds: int | Sequence[int] | None = None,
     console: Console | None = None,
+    out_dir: str | None = None,
 ) -> BenchRun:
-    """Run each claim at ``scale`` over ``seeds`` (a count or explicit seeds), with progress bars."""
+    """Run each claim at ``scale`` over ``seeds`` (a count or explicit seeds), with progress bars; claims may save
+    extra figures under ``out_dir``."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     if seeds is None:
@@ -100,7 +102,7 @@ def run_claims(
                 _current.append(task_id)
                 return lambda advance=1: progress.advance(task_id, advance)
 
-            ctx = ClaimContext(scale=scale, seeds=seed_list, track=track)
+            ctx = ClaimContext(scale=scale, seeds=seed_list, track=track, out_dir=out_dir)
             t0 = time.perf_counter()
             try:
                 outcome = claim.run(ctx)
