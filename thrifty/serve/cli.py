@@ -32,10 +32,11 @@ def _check(args: argparse.Namespace):
     for policy in args.policy:
         if policy not in SCHEDULERS:
             raise UsageError(f"unknown policy {policy!r}; choose from {', '.join(sorted(SCHEDULERS))}")
-    if (args.qps is None) == (not args.capacity):
+    if args.arrival == "trace":
+        if args.qps is not None or args.capacity:
+            raise UsageError("--arrival trace replays the trace's own arrival times: drop --qps and --capacity")
+    elif (args.qps is None) == (not args.capacity):
         raise UsageError("give either --qps X or --capacity")
-    if args.capacity and args.arrival == "trace":
-        raise UsageError("--capacity scales Poisson or gamma arrivals; it cannot replay the trace's own times")
     if not args.cv > 0:
         raise UsageError(f"--cv must be > 0, got {args.cv}")
     if args.qps is not None and not args.qps > 0:
@@ -65,6 +66,8 @@ def _cmd_simulate(args: argparse.Namespace, console: Console) -> int:
     cost, trace = _check(args)
     max_seq_len = min(cost.model.max_position, args.max_seq_len)
     label = cost.label
+    if args.arrival == "trace" and trace.arrivals is None:
+        raise UsageError(f"trace {trace.name!r} has no arrival times (arrived_at column); use --qps")
     try:
         specs = trace_requests(
             trace,
@@ -126,7 +129,8 @@ def _cmd_simulate(args: argparse.Namespace, console: Console) -> int:
                 )
         table.caption = f"{label}; SLO: P99 TBT <= {slo * 1e3:.0f} ms and P50 scheduling delay <= 2 s"
     else:
-        table = Table(title=f"{label}: {cost.model.name}, {trace.name} trace, {len(specs)} requests at {args.qps} QPS")
+        rate = "the trace's arrival times" if args.arrival == "trace" else f"{args.qps} QPS ({args.arrival})"
+        table = Table(title=f"{label}: {cost.model.name}, {trace.name} trace, {len(specs)} requests at {rate}")
         columns = ("TTFT p50 ms", "TTFT p99 ms", "TBT p50 ms", "TBT p99 ms", "delay p50 s", "req/s", "tok/s")
         table.add_column("policy", no_wrap=True)
         for column in (*columns, "goodput", "preempt", "prefix hit"):
@@ -210,7 +214,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, default=512, help="token budget of chunking policies (default 512)")
     p.add_argument("--max-num-seqs", type=int, default=128, help="batch size cap (default 128)")
     p.add_argument("--max-seq-len", type=int, default=8192, help="drop longer requests (default 8192)")
-    p.add_argument("--arrival", default="poisson", choices=("poisson", "gamma", "trace"), help="arrival process")
+    p.add_argument(
+        "--arrival",
+        default="poisson",
+        choices=("poisson", "gamma", "trace"),
+        help="arrival process at --qps (poisson, gamma with --cv), or trace: replay the trace's own times (no --qps)",
+    )
     p.add_argument("--cv", type=float, default=1.0, help="coefficient of variation of gamma arrivals (default 1)")
     p.add_argument("--prefix-caching", action="store_true", help="enable LRU prefix caching in the block manager")
     p.add_argument("--seed", type=int, default=0)

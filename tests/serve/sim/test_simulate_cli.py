@@ -29,6 +29,8 @@ def trace(tmp_path):
         ["--capacity", "--qps", "1"],
         [],
         ["--qps", "1", "--requests", "0"],
+        ["--arrival", "trace", "--qps", "1"],
+        ["--arrival", "trace"],  # this trace has no arrival times
     ],
 )
 def test_bad_input_is_a_usage_error(argv, trace, capsys):
