@@ -208,7 +208,8 @@ class Scheduler(abc.ABC):
 
     # ------------------------------------------------------------------ stepping
     def schedule(self, now: float = 0.0) -> SchedulerOutput:
-        """Decide this step's chunks (and preemptions)."""
+        """Decide this step's chunks (and preemptions). Every policy schedules at least one chunk while requests are
+        unfinished (``add_request`` rejects what could never run; the property tests check it)."""
         out = self._schedule(now)
         budget = self.config.max_num_batched_tokens
         if out.num_batched_tokens > budget:

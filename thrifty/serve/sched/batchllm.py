@@ -17,7 +17,9 @@ plans the sharing:
 5. memory-centric token batching: every step, all running decodes, then prefill chunks (running prefills, then new
    requests in plan order) fill the token budget ``max_num_batched_tokens``; requests are admitted while the
    projected KV (each admitted request's blocks up to ``max_tokens``, shared blocks once) stays within
-   ``kv_admission_threshold`` of the pool.
+   ``kv_admission_threshold`` of the pool. As the projection covers every admitted request's whole life, running
+   requests never run out of blocks (no preemption); with nothing running the threshold is waived, so that the
+   queue head, which ``add_request`` checked fits the pool, is always admitted.
 
 The horizontally fused prefix-shared attention kernel of the paper is a GPU kernel and out of scope here.
 Offline use: ``add_requests(batch)`` (or ``add_request`` then ``plan()``), then step as any scheduler. Requests added
@@ -295,8 +297,6 @@ class BatchLLMScheduler(Scheduler):
                 n = min(req.remaining_prefill, left)
                 out.chunks.append(self._chunk(req, n))
                 left -= n
-        if not self.running and self.waiting:
-            self._release_idle_prefixes(self._group_of[self.waiting[0].request_id])
         threshold = cfg.kv_admission_threshold * bm.num_blocks
         projected = self._projected_blocks()
         while self.waiting and left > 0:
@@ -343,17 +343,6 @@ class BatchLLMScheduler(Scheduler):
         out.chunks.append(ScheduledChunk(pre, n, pre.num_computed_tokens, False))
         self.prefix_tokens_computed += n
         return n
-
-    def _release_idle_prefixes(self, keep: PrefixGroup) -> None:
-        """With nothing running, drop the KV of every held prefix but ``keep``'s (recomputed when its group comes
-        back to the queue head), so that the head request always fits: no deadlock on a small pool."""
-        for pre in list(self._prefixes):
-            if pre is not keep.prefix_request:
-                self._prefixes.remove(pre)
-                self.block_manager.free(pre)
-                pre.num_computed_tokens = 0
-                pre.status = RequestStatus.WAITING
-                self.num_preemptions += 1
 
     def schedule(self, now: float = 0.0) -> SchedulerOutput:
         self._now = now
