@@ -11,7 +11,8 @@ Rule (``sarathi/core/scheduler/sarathi_scheduler.py`` of microsoft/sarathi-serve
 
 With ``dynamic_chunking`` a request's budget comes from its stage in a schedule falling linearly from
 ``high_chunk_size`` to ``low_chunk_size`` (rounded to multiples of 32) over ``chunk_schedule_max_tokens`` prompt
-tokens: big chunks while attention is cheap, smaller ones later.
+tokens: big chunks while attention is cheap, smaller ones later (past it, prompts keep the smallest size; the
+reference asserts instead).
 """
 
 from __future__ import annotations
