@@ -319,6 +319,9 @@ _ENTRIES: tuple[Paper, ...] = (
         "2501.11873",
         "nn",
         "thrifty.nn.global_lbl:GlobalLoadBalancingLoss",
+        status="implemented",
+        note="counts of every micro-batch first, then one all-reduce and the global f (exact global-batch loss); "
+        "MoELayer is token-choice top-k without capacity limits",
     ),
     _p(
         "layer_norm",
