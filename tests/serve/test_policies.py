@@ -192,8 +192,9 @@ def test_abort_in_every_state(policy):
     reqs = [Request(f"r{i}", _prompt(6, 10 * i), 6) for i in range(4)]
     for r in reqs:
         s.add_request(r)
-    s.abort("r3")  # waiting
-    assert reqs[3].finish_reason == "abort" and reqs[3] not in s.waiting
+    s.abort("r3", now=2.0)  # waiting
+    assert reqs[3].finish_reason == "abort" and reqs[3].finish_time == 2.0 and reqs[3] not in s.waiting
+    assert s.abort("r3") is None  # already finished
     _step(s)
     running = [r for r in reqs if r.status is RequestStatus.RUNNING]
     assert running

@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from thrifty.serve import SCHEDULERS, BlockManager, Request, SchedulerConfig, create_scheduler
+from thrifty.serve.sched.sarathi_serve import dynamic_chunk_sizes
 
 WHOLE_PREFILL = {"prefill_first", "orca"}
 
@@ -33,12 +34,26 @@ def workloads(draw, policy):
     elif policy == "orca":
         budget = max(budget, max(r.num_prompt_tokens for r in reqs) + max_num_seqs)
     chunk = draw(st.none() | st.integers(1, 16)) if policy == "sarathi" else None
+    dynamic = {}
+    if policy == "sarathi_serve" and draw(st.booleans()):
+        low = draw(st.integers(max_num_seqs, 24))
+        dynamic = dict(
+            dynamic_chunking=True,
+            low_chunk_size=low,
+            high_chunk_size=draw(st.integers(low, 64)),
+            chunk_schedule_stages=draw(st.integers(1, 4)),
+            chunk_schedule_max_tokens=draw(st.integers(1, 40)),
+        )
+        sizes = dynamic_chunk_sizes(low, dynamic["high_chunk_size"], dynamic["chunk_schedule_stages"])
+        budget = max(budget, *sizes)
+        max_num_seqs = min(max_num_seqs, *sizes)
     caching = draw(st.booleans())
     cfg = SchedulerConfig(
         max_num_batched_tokens=budget,
         max_num_seqs=max_num_seqs,
         chunk_size=chunk,
         kv_admission_threshold=draw(st.sampled_from([0.3, 0.8, 1.0])),
+        **dynamic,
     )
     bm = BlockManager(num_blocks, block_size, enable_prefix_caching=caching, watermark=0.0)
     return bm, cfg, reqs, arrivals

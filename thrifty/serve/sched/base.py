@@ -183,16 +183,17 @@ class Scheduler(abc.ABC):
         """The longest single prefill chunk this policy may need for ``req`` (``None``: it chunks prefills)."""
         return None
 
-    def abort(self, request_id: str) -> Request | None:
-        """Finish a request with reason ``"abort"`` in any state, freeing its blocks; ``None`` if unknown."""
+    def abort(self, request_id: str, now: float | None = None) -> Request | None:
+        """Finish a request with reason ``"abort"`` in any state, freeing its blocks; ``None`` if unknown (or
+        already finished). ``now`` becomes its ``finish_time``."""
         req = self.requests.get(request_id)
         if req is None:
             return None
         if req.status is RequestStatus.WAITING:
             self.waiting.remove(req)
-        elif req in self.running:
+        else:
             self.running.remove(req)
-        self._finish(req, "abort", None)
+        self._finish(req, "abort", now)
         return req
 
     def has_unfinished(self) -> bool:
@@ -305,9 +306,9 @@ class Scheduler(abc.ABC):
         left), as vLLM and Sarathi-Serve do."""
         bm = self.block_manager
         self._sort_running()
-        queue = list(self.running)
+        queue = deque(self.running)
         while queue:
-            req = queue.pop(0)
+            req = queue.popleft()
             if req.is_prefilling:
                 continue
             while not bm.can_append_slots(req, 1):

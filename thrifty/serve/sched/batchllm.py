@@ -348,11 +348,11 @@ class BatchLLMScheduler(Scheduler):
         self._now = now
         return super().schedule(now)
 
-    def abort(self, request_id: str) -> Request | None:
+    def abort(self, request_id: str, now: float | None = None) -> Request | None:
         req = self.requests.get(request_id)
         if req is not None and req in self._unplanned:
             self._unplanned.remove(req)
-        return super().abort(request_id)
+        return super().abort(request_id, now)
 
     def _finish(self, req: Request, reason: str, now: float | None) -> None:
         super()._finish(req, reason, now)
