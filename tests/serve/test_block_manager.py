@@ -161,11 +161,15 @@ def test_share_increments_refcounts():
     bm = BlockManager(8, block_size=2)
     a = _req("a", range(4))
     bm.allocate(a)
-    b = _req("b", [0, 1, 2, 3, 9])
+    b = _req("b", [0, 1, 2, 3, 9, 9, 9])
     bm.share(b, a.block_table, 4)
     assert b.num_computed_tokens == 4 and [bm.ref_counts[x] for x in a.block_table] == [2, 2]
     with pytest.raises(ValueError, match="whole blocks"):
         bm.share(_req("c", range(5)), a.block_table, 3)
+    bm.append_slots(b, 3)
+    b.num_computed_tokens = 6
+    bm.cache_blocks(b)  # the shared blocks were never hashed: nothing can be chained after them
+    assert bm.num_cached_blocks == 0
     bm.free(a)
     bm.free(b)
     assert all(rc == 0 for rc in bm.ref_counts)

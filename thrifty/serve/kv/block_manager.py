@@ -227,8 +227,10 @@ class BlockManager:
         end = min(req.num_computed_tokens // bs, len(req.block_table))
         if end <= start:
             return
-        tokens = req.all_token_ids
         parent = self._hashes[req.block_table[start - 1]] if start > 0 else None
+        if start > 0 and parent is None:
+            return  # the table starts on unhashed shared blocks: the chain cannot be continued
+        tokens = req.all_token_ids
         for i in range(start, end):
             block = req.block_table[i]
             chunk = tuple(tokens[i * bs : (i + 1) * bs])
