@@ -36,7 +36,14 @@ from thrifty.serve.kv.block_manager import BlockManager
 from thrifty.serve.sched.base import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
 from thrifty.serve.sequence import Request, RequestStatus
 
-__all__ = ["BatchLLMScheduler", "PrefixGroup", "PrefixTreeNode", "build_prefix_tree", "plan_prefix_groups"]
+__all__ = [
+    "BatchLLMScheduler",
+    "PrefixGroup",
+    "PrefixPlan",
+    "PrefixTreeNode",
+    "build_prefix_tree",
+    "plan_prefix_groups",
+]
 
 PREFIX_ID = "batchllm-prefix/"
 
@@ -46,7 +53,6 @@ class PrefixTreeNode:
     """A node of the compact prefix tree: ``depth`` tokens from the root; ``ends`` lists the keys ending here."""
 
     depth: int
-    rep: int
     children: list[PrefixTreeNode] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
     parent: PrefixTreeNode | None = None
@@ -67,7 +73,7 @@ def _common_prefix_len(keys: Sequence[Sequence[int]], members: list[int], start:
 def build_prefix_tree(keys: Sequence[Sequence[int]]) -> list[PrefixTreeNode]:
     """Compact prefix tree of ``keys``; returns its nodes in pre-order (the root, depth 0, first)."""
     keys = [list(k) for k in keys]
-    root = PrefixTreeNode(0, -1)
+    root = PrefixTreeNode(0)
     nodes = [root]
     stack: list[tuple[PrefixTreeNode, list[int]]] = [(root, list(range(len(keys))))]
     while stack:
@@ -80,7 +86,7 @@ def build_prefix_tree(keys: Sequence[Sequence[int]]) -> list[PrefixTreeNode]:
             else:
                 by_token.setdefault(keys[i][node.depth], []).append(i)
         for group in by_token.values():
-            child = PrefixTreeNode(_common_prefix_len(keys, group, node.depth + 1), group[0], parent=node)
+            child = PrefixTreeNode(_common_prefix_len(keys, group, node.depth + 1), parent=node)
             node.children.append(child)
             nodes.append(child)
             stack.append((child, group))
@@ -88,13 +94,16 @@ def build_prefix_tree(keys: Sequence[Sequence[int]]) -> list[PrefixTreeNode]:
 
 
 @dataclass
-class _Plan:
+class PrefixPlan:
+    """One-level sharing plan: groups as ``(prefix_len, member indices)``, its saving in tokens, and the saving of
+    full multi-level sharing (an upper bound)."""
+
     groups: list[tuple[int, list[int]]]
     savings: int
     multi_level_savings: int
 
 
-def plan_prefix_groups(keys: Sequence[Sequence[int]], block_size: int = 1) -> _Plan:
+def plan_prefix_groups(keys: Sequence[Sequence[int]], block_size: int = 1) -> PrefixPlan:
     """Flatten the prefix tree of ``keys`` to one sharing level, maximising ``sum_g (|g| - 1) * len(prefix_g)`` with
     prefix lengths rounded down to multiples of ``block_size``.
 
@@ -143,7 +152,7 @@ def plan_prefix_groups(keys: Sequence[Sequence[int]], block_size: int = 1) -> _P
     for _, members in groups:
         members.sort()
     multi = sum((n.num_leaves - 1) * (aligned(n) - aligned(n.parent)) for n in nodes[1:] if n.parent is not None)
-    return _Plan(groups, value[id(nodes[0])][0], multi)
+    return PrefixPlan(groups, value[id(nodes[0])][0], multi)
 
 
 @dataclass(eq=False)
