@@ -71,7 +71,7 @@ def _check_policy(policy, data, stop_prob, abort_prob):
 
 
 def _policy_test(policy):
-    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(data=workloads(policy), stop_prob=st.sampled_from([0.0, 0.2]), abort_prob=st.sampled_from([0.0, 0.05]))
     def test(data, stop_prob, abort_prob):
         _check_policy(policy, data, stop_prob, abort_prob)
