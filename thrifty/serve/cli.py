@@ -60,7 +60,7 @@ def _check(args: argparse.Namespace):
 def _cmd_simulate(args: argparse.Namespace, console: Console) -> int:
     from thrifty.cli import UsageError
     from thrifty.serve.sim.capacity import SimulatedLoad, capacity_search, strict_tbt_slo
-    from thrifty.serve.sim.simulator import Simulator, default_config
+    from thrifty.serve.sim.simulator import Simulator, default_config, plot_tbt_cdfs
     from thrifty.serve.sim.workloads import trace_requests
 
     cost, trace = _check(args)
@@ -158,37 +158,11 @@ def _cmd_simulate(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     (out / "simulate.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
     written = [out / "simulate.json"]
-    plot = _plot_tbt_cdfs(tbts, f"TBT CDF ({label})", out / "tbt_cdf.png")
+    plot = plot_tbt_cdfs(tbts, f"TBT CDF ({label})", out / "tbt_cdf.png")
     if plot is not None:
         written.append(plot)
     console.print("wrote " + " and ".join(str(p) for p in written))
     return 0
-
-
-def _plot_tbt_cdfs(tbts: dict, title: str, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    tbts = {k: v for k, v in tbts.items() if len(v)}
-    if not tbts:
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for policy, values in tbts.items():
-        v = np.sort(values) * 1e3
-        ax.plot(v, np.arange(1, v.size + 1) / v.size, label=policy)
-    ax.set_xscale("log")
-    ax.set_xlabel("time between tokens (ms)")
-    ax.set_ylabel("fraction of tokens")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from thrifty.bench.claim import HELD, NOT_HELD, Claim, ClaimContext, ClaimOutcome, Series
@@ -41,19 +42,6 @@ def combine_parts(parts: list[ClaimPart]) -> ClaimOutcome:
     return ClaimOutcome(verdict, summary, metrics=metrics, details=details, series=[s for p in parts for s in p.series])
 
 
-def _cdf_series(label: str, values) -> Series:
-    """An empirical CDF as a Series (x: value in ms, y: fraction), thinned to at most 200 points."""
-    import numpy as np
-
-    v = np.sort(np.asarray(values, dtype=float))
-    if v.size == 0:
-        return Series(label, "cdf")
-    idx = np.unique(np.linspace(0, v.size - 1, min(200, v.size)).astype(int))
-    s = Series(label=label, metric="TBT CDF (x: ms)")
-    s.add((v[idx] * 1e3).tolist(), (v[idx] * 1e3).tolist(), ((idx + 1) / v.size).tolist())
-    return s
-
-
 # ------------------------------------------------------------------------------------------------ Sarathi-Serve
 
 SARATHI_SERVE_SCALES = {"smoke": (48, 6), "quick": (512, 20), "full": (2048, 24)}  # requests, search iterations
@@ -66,7 +54,7 @@ def simulated_capacity_part(ctx: ClaimContext) -> ClaimPart:
     """Capacity (P99 TBT <= strict SLO, P50 scheduling delay <= 2 s) of sarathi_serve and prefill_first."""
     from thrifty.serve.sim.capacity import SimulatedLoad, capacity_search, strict_tbt_slo
     from thrifty.serve.sim.cost_model import CostModel
-    from thrifty.serve.sim.simulator import Simulator, default_config
+    from thrifty.serve.sim.simulator import Simulator, default_config, plot_tbt_cdfs
     from thrifty.serve.sim.workloads import load_trace, trace_requests
 
     setup = SARATHI_SERVE_SETUP
@@ -97,6 +85,14 @@ def simulated_capacity_part(ctx: ClaimContext) -> ClaimPart:
     ratio = statistics.median(ratios)
     held = ratio >= SARATHI_SERVE_MIN_RATIO
     label = cost.label
+    figure = None
+    if ctx.out_dir is not None:
+        Path(ctx.out_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(ctx.out_dir) / "sarathi_serve_tbt_cdf.png"
+        title = f"TBT at each policy's capacity, seed {ctx.seeds[0]} ({label})"
+        figure = plot_tbt_cdfs(
+            {f"{p} at {c[0]:.2f} QPS": tbts[p] for p, c in capacities.items() if p in tbts}, title, path
+        )
     summary = (
         f"{setup['model']} on one {cost.gpu.name}, {setup['trace']} trace ({num_requests} requests, Poisson): "
         f"capacity under P99 TBT <= {slo * 1e3:.0f} ms (strict: 5x the decode step at batch 32, 4k context) and "
@@ -116,8 +112,13 @@ def simulated_capacity_part(ctx: ClaimContext) -> ClaimPart:
             "prefill_first_capacity_qps": statistics.median(capacities["prefill_first"]),
             "strict_tbt_slo_s": slo,
         },
-        details={"setup": setup, "capacities": capacities, "ratios": ratios, "searches": searches},
-        series=[_cdf_series(f"{p} TBT at its capacity ({label})", v) for p, v in tbts.items()],
+        details={
+            "setup": setup,
+            "capacities": capacities,
+            "ratios": ratios,
+            "searches": searches,
+            "tbt_cdf_figure": str(figure) if figure else None,
+        },
     )
 
 

@@ -28,6 +28,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,15 @@ from thrifty.serve.sequence import Request
 from thrifty.serve.sim.cost_model import CostModel
 from thrifty.serve.sim.workloads import RequestSpec
 
-__all__ = ["SLO", "WHOLE_PROMPT_POLICIES", "SimResult", "Simulator", "default_config", "kv_cache_blocks"]
+__all__ = [
+    "SLO",
+    "WHOLE_PROMPT_POLICIES",
+    "SimResult",
+    "Simulator",
+    "default_config",
+    "kv_cache_blocks",
+    "plot_tbt_cdfs",
+]
 
 _SAMPLED_TOKEN = 0
 
@@ -286,3 +295,30 @@ class Simulator:
             batch_tokens=np.array(batch_tokens),
             slo=self.slo,
         )
+
+
+def plot_tbt_cdfs(tbts: dict[str, np.ndarray], title: str, path: str | Path) -> Path | None:
+    """Empirical CDFs of time between tokens per policy (log x axis, ms) saved as a PNG; ``None`` if all empty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tbts = {k: v for k, v in tbts.items() if len(v)}
+    if not tbts:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for policy, values in tbts.items():
+        v = np.sort(values) * 1e3
+        ax.plot(v, np.arange(1, v.size + 1) / v.size, label=policy)
+    ax.set_xscale("log")
+    ax.set_xlabel("time between tokens (ms)")
+    ax.set_ylabel("fraction of tokens")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
