@@ -29,6 +29,7 @@ class ClaimPart:
     held: bool
     summary: str
     metrics: dict[str, float] = field(default_factory=dict)
+    per_seed: dict[str, list[float]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     series: list[Series] = field(default_factory=list)
 
@@ -38,8 +39,10 @@ def combine_parts(parts: list[ClaimPart]) -> ClaimOutcome:
     verdict = HELD if all(p.held for p in parts) else NOT_HELD
     summary = " | ".join(f"[{p.label}] {p.summary} ({'held' if p.held else 'not held'})" for p in parts)
     metrics = {f"{p.name}.{k}": float(v) for p in parts for k, v in p.metrics.items()}
+    per_seed = {f"{p.name}.{k}": [float(x) for x in v] for p in parts for k, v in p.per_seed.items()}
     details = {p.name: {"label": p.label, "held": p.held, **p.details} for p in parts}
-    return ClaimOutcome(verdict, summary, metrics=metrics, details=details, series=[s for p in parts for s in p.series])
+    series = [s for p in parts for s in p.series]
+    return ClaimOutcome(verdict, summary, metrics=metrics, per_seed=per_seed, details=details, series=series)
 
 
 # ------------------------------------------------------------------------------------------------ Sarathi-Serve
@@ -112,6 +115,7 @@ def simulated_capacity_part(ctx: ClaimContext) -> ClaimPart:
             "prefill_first_capacity_qps": statistics.median(capacities["prefill_first"]),
             "strict_tbt_slo_s": slo,
         },
+        per_seed={"capacity_ratio": ratios, **{f"{p}_capacity_qps": c for p, c in capacities.items()}},
         details={
             "setup": setup,
             "capacities": capacities,
@@ -308,6 +312,7 @@ def simulated_batch_part(ctx: ClaimContext) -> ClaimPart:
                 )
             },
         },
+        per_seed={"throughput_ratio": ratios, "theoretical_token_saving": theoretical},
         details={
             "setup": {**setup, "prefixes": prefixes, "suffixes_per_prefix": suffixes},
             "ratios": ratios,
