@@ -30,6 +30,7 @@ def trace(tmp_path):
         [],
         ["--qps", "1", "--requests", "0"],
         ["--arrival", "trace", "--qps", "1"],
+        ["--qps", "1", "--goodput-tpot", "0"],
         ["--arrival", "trace"],  # this trace has no arrival times
     ],
 )
@@ -46,11 +47,15 @@ def test_missing_trace_is_a_usage_error(tmp_path, capsys):
 def test_run_and_capacity_write_labelled_results(trace, tmp_path):
     out = tmp_path / "run"
     argv = ["simulate", "--trace", str(trace), "--requests", "12", "--out", str(out), "--budget", "256"]
-    assert main([*argv, "--qps", "2", "--policy", "sarathi_serve", "--policy", "prefill_first"]) == 0
+    policies = ["--policy", "sarathi_serve", "--policy", "prefill_first"]
+    assert main([*argv, "--qps", "2", *policies, "--goodput-ttft", "30", "--goodput-tpot", "5"]) == 0
     record = json.loads((out / "simulate.json").read_text())
     assert record["label"] == "simulated, A100-SXM-80GB cost model"
     assert set(record["policies"]) == {"sarathi_serve", "prefill_first"}
-    assert all(p["requests"] == 12 for p in record["policies"].values())
+    for summary in record["policies"].values():
+        assert summary["requests"] == 12 and summary["goodput_slo"] == {"ttft_s": 30.0, "tpot_s": 5.0}
+        # every request meets so loose an SLO: goodput is the request throughput
+        assert summary["goodput"] == pytest.approx(summary["request_throughput"])
     assert (out / "tbt_cdf.png").stat().st_size > 0
     assert main([*argv, "--capacity", "--gpu", "h100", "--slo-tbt", "0.05"]) == 0
     record = json.loads((out / "simulate.json").read_text())
