@@ -15,6 +15,10 @@ from thrifty.serve.sim.workloads import RequestSpec
 def test_kv_capacity_by_hand():
     blocks = kv_cache_blocks(CostModel("llama2-7b", "a100"))
     assert blocks == int((80 * 2**30 * 0.9 - 2 * 6_738_415_616) // (16 * 512 * 1024))
+    with pytest.raises(ValueError, match="do not fit"):
+        kv_cache_blocks(CostModel("llama2-70b", "a6000"))
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        Simulator(LinearCost(), "no_such_policy", num_blocks=8)
 
 
 @pytest.mark.parametrize("policy", sorted(SCHEDULERS))
