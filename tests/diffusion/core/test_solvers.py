@@ -10,6 +10,7 @@ from thrifty.diffusion.core.schedules import EDMSchedule, RectifiedFlowSchedule,
 from thrifty.diffusion.core.solvers import (
     ClassifierFreeGuidance,
     DPMSolverPP2M,
+    Euler,
     Stochastic,
     check_grid,
     edm_grid,
@@ -93,6 +94,25 @@ def test_stochastic_eta_zero_is_ddim_and_solvers_are_differentiable_in_the_grid(
     grid = uniform_grid(4).requires_grad_(True)
     sample(den, x, grid, "dpmpp_2m").pow(2).sum().backward()
     assert grid.grad is not None and torch.isfinite(grid.grad).all() and grid.grad[1:-1].abs().sum() > 0
+
+
+@torch.no_grad()
+def test_euler_and_stochastic_accept_one_time_per_sample():
+    den = eight_gaussians().denoiser(VPSchedule("cosine"))
+    x, t, t_next = torch.randn(5, 2), torch.linspace(0.9, 0.5, 5), torch.linspace(0.6, 0.1, 5)
+    for solver in (Euler(), Stochastic(eta=0.7)):
+        batched = solver.step(den, x, t, t_next, generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)
+        z = torch.randn(x.shape, generator=gen)  # the batched step draws one noise tensor for the batch
+        rows = []
+        for i in range(5):
+            pred = den.predict(x[i : i + 1], t[i])
+            a, s = den.schedule.alpha(t[i]), den.schedule.sigma(t[i])
+            a_n, s_n = den.schedule.alpha(t_next[i]), den.schedule.sigma(t_next[i])
+            eta = getattr(solver, "eta", 0.0)
+            c = eta * s_n * (1 - ((a * s_n) / (a_n * s)) ** 2).clamp_min(0).sqrt()
+            rows.append(a_n * pred.x0 + (s_n**2 - c**2).sqrt() * pred.eps + c * z[i : i + 1])
+        assert torch.allclose(batched, torch.cat(rows), atol=1e-5), type(solver).__name__
 
 
 def test_classifier_free_guidance_combines_two_calls():

@@ -93,33 +93,38 @@ def digits_classifier(retrain: bool = False) -> nn.Module:
     Trained once (seed 0, Adam, light Gaussian-noise augmentation; about 96% validation accuracy) and cached as
     ``cache_dir()/digits_classifier_v1.pt``.
     """
-    from thrifty.diffusion.core.data import digits_flat
-
     if not retrain and "model" in _CLASSIFIER:
         return _CLASSIFIER["model"]
     path = cache_dir() / _CLASSIFIER_FILE
-    model = _DigitsClassifier()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _DigitsClassifier()
     if path.exists() and not retrain:
         model.load_state_dict(torch.load(path, weights_only=True))
     else:
-        gen = torch.Generator().manual_seed(0)
-        torch.manual_seed(0)
-        model = _DigitsClassifier()
-        x, y = digits_flat("train")
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
-        for _ in range(400):
-            idx = torch.randint(len(x), (256,), generator=gen)
-            xb = x[idx] + 0.1 * torch.randn(256, 64, generator=gen)
-            loss = nn.functional.cross_entropy(model(xb), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        _train_classifier(model)
         tmp = path.with_suffix(".tmp")
         torch.save(model.state_dict(), tmp)
         tmp.replace(path)
     model.eval().requires_grad_(False)
     _CLASSIFIER["model"] = model
     return model
+
+
+@torch.enable_grad()
+def _train_classifier(model: _DigitsClassifier) -> None:
+    from thrifty.diffusion.core.data import digits_flat
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = digits_flat("train")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    for _ in range(400):
+        idx = torch.randint(len(x), (256,), generator=gen)
+        xb = x[idx] + 0.1 * torch.randn(256, 64, generator=gen)
+        loss = nn.functional.cross_entropy(model(xb), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
 
 def digits_features(x: Tensor) -> Tensor:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from thrifty.diffusion.core.denoiser import Denoiser, Prediction, to_x0_eps
-from thrifty.diffusion.core.schedules import NoiseSchedule, as_time
+from thrifty.diffusion.core.schedules import NoiseSchedule, _expand, as_time
 
 __all__ = [
     "SOLVERS",
@@ -152,11 +152,12 @@ class Solver:
 
 
 def _ddim(pred: Prediction, schedule: NoiseSchedule, t_next: Tensor) -> Tensor:
-    return schedule.alpha(t_next) * pred.x0 + schedule.sigma(t_next) * pred.eps
+    x0 = pred.x0
+    return _expand(schedule.alpha(t_next), x0) * x0 + _expand(schedule.sigma(t_next), x0) * pred.eps
 
 
 class Euler(Solver):
-    """DDIM / Euler: ``x' = alpha(t') x0 + sigma(t') eps`` from the prediction at t."""
+    """DDIM / Euler: ``x' = alpha(t') x0 + sigma(t') eps`` from the prediction at t (``t``, ``t'`` may be ``(B,)``)."""
 
     def step(self, denoiser, x, t, t_next, cond=None, generator=None):
         return _ddim(denoiser.predict(x, t, cond), denoiser.schedule, t_next)
@@ -209,7 +210,10 @@ class DPMSolverPP2M(Solver):
 
 
 class Stochastic(Solver):
-    """Stochastic step: EDM churn ``gamma = churn`` then DDIM-eta (eta = 1: DDPM ancestral; SDE-like sampling)."""
+    """Stochastic step: EDM churn ``gamma = churn`` then DDIM-eta (eta = 1: DDPM ancestral; SDE-like sampling).
+
+    Like ``Euler``, it accepts one time per sample (``(B,)`` tensors) when ``churn = 0``.
+    """
 
     stochastic = True
 
@@ -230,7 +234,7 @@ class Stochastic(Solver):
             x = a_hat * (x / a.clamp_min(1e-20) + extra.clamp_min(0).sqrt() * z)
             t = t_hat
         pred = denoiser.predict(x, t, cond)
-        a, s, a_n, s_n = sch.alpha(t), sch.sigma(t), sch.alpha(t_next), sch.sigma(t_next)
+        a, s, a_n, s_n = (_expand(v, x) for v in (sch.alpha(t), sch.sigma(t), sch.alpha(t_next), sch.sigma(t_next)))
         e = _ratio_exp_neg_h(a, s, a_n, s_n)
         c = self.eta * s_n * (1 - e * e).clamp_min(0).sqrt()
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)

@@ -76,6 +76,7 @@ def _draw(data: DataSource, n: int, generator: torch.Generator) -> Tensor:
     return data(n, generator)
 
 
+@torch.enable_grad()
 def train_diffusion(
     model: nn.Module,
     data: DataSource,
@@ -131,13 +132,15 @@ def _cached(
     name: str, build: Callable[[], nn.Module], train: Callable[[nn.Module, Progress], None], steps: int, retrain: bool
 ) -> nn.Module:
     path = cache_dir() / f"{name}.pt"
-    model = build()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build()
     if path.exists() and not retrain:
         model.load_state_dict(torch.load(path, weights_only=True))
     else:
         from rich.progress import Progress as RichProgress
 
-        with RichProgress(transient=True) as bar:
+        with RichProgress(transient=True) as bar, torch.enable_grad(), torch.random.fork_rng():
             task = bar.add_task(f"training teacher {name} (cached afterwards)", total=steps)
             train(model, lambda k: bar.advance(task, k))
         tmp = path.with_suffix(".tmp")
@@ -165,7 +168,6 @@ def toy2d_teacher(name: str = "eight_gaussians", retrain: bool = False) -> Modul
         )
 
     def build() -> nn.Module:
-        torch.manual_seed(0)
         return TimeMLP(2, cfg["hidden"], cfg["depth"])
 
     net = _cached(f"rf_{name}_mlp{cfg['hidden']}x{cfg['depth']}_s{cfg['steps']}", build, train, cfg["steps"], retrain)
@@ -184,7 +186,6 @@ def digits_teacher(retrain: bool = False) -> ModuleDenoiser:
         train_flow_matching(model, x, cfg["steps"], cfg["batch_size"], cfg["lr"], progress=progress)
 
     def build() -> nn.Module:
-        torch.manual_seed(0)
         return TimeMLP(64, cfg["hidden"], cfg["depth"])
 
     net = _cached(f"rf_digits_mlp{cfg['hidden']}x{cfg['depth']}_s{cfg['steps']}", build, train, cfg["steps"], retrain)
