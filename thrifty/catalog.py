@@ -408,6 +408,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "diffusion",
         "thrifty.diffusion.distill.hyper_sd:HyperSD",
         methods=("tscd",),
+        status="implemented",
+        note="TSCD stages 8-4-2-1 with MSE; no adversarial, human-feedback or DMD stage",
     ),
     _p(
         "improved_lct",
@@ -415,7 +417,9 @@ _ENTRIES: tuple[Paper, ...] = (
         "2502.01441",
         "diffusion",
         "thrifty.diffusion.distill.improved_lct:ImprovedLCT",
-        note="consistency training (no teacher), grouped with the distillers",
+        status="implemented",
+        note="consistency training (no teacher), grouped with the distillers; code unreleased, c statistic and "
+        "diffusion-loss threshold unverified",
     ),
     _p(
         "instaflow",
@@ -424,6 +428,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "diffusion",
         "thrifty.diffusion.distill.instaflow:InstaFlow",
         methods=("reflow",),
+        status="implemented",
     ),
     _p(
         "koala",
@@ -469,6 +474,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "2403.01505",
         "diffusion",
         "thrifty.diffusion.distill.scott:SCott",
+        status="implemented",
+        note="stochastic teacher = DDIM-eta sub-steps; no adversarial term",
     ),
     _p(
         "slimflow",
@@ -476,6 +483,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "2407.12718",
         "diffusion",
         "thrifty.diffusion.distill.slimflow:SlimFlow",
+        status="implemented",
     ),
     _p(
         "snoopi",

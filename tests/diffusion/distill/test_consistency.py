@@ -10,7 +10,7 @@ from thrifty.diffusion.core.denoiser import ModuleDenoiser
 from thrifty.diffusion.core.schedules import RectifiedFlowSchedule, VPSchedule
 from thrifty.diffusion.core.solvers import Euler, Stochastic, sample
 from thrifty.diffusion.core.teachers import TimeMLP
-from thrifty.diffusion.distill._core import ConsistencyDistillation, TCDStep, consistency_sample, jump
+from thrifty.diffusion.distill._core import ConsistencyDistillation, TCDStep, consistency_sample
 from thrifty.diffusion.distill._losses import cauchy_loss, pseudo_huber_loss
 from thrifty.diffusion.distill.hyper_sd import HyperSD
 from thrifty.diffusion.distill.improved_lct import (
@@ -33,15 +33,12 @@ def _x0(n=64, seed=0):
 
 @torch.no_grad()
 @pytest.mark.parametrize("schedule", [RectifiedFlowSchedule(), VPSchedule()])
-def test_jump_to_its_own_time_is_the_identity(schedule):
+def test_segment_map_to_its_own_time_is_the_identity(schedule):
+    # f(x, t -> s) is the DDIM jump of the prediction; at s = t it returns x: the boundary condition by construction
     student = _student(schedule=schedule)
     x = torch.randn(16, 2)
     t = torch.linspace(0.1, 0.9, 16)
-    assert torch.allclose(jump(student.predict(x, t), schedule, t), x, atol=1e-4)
-    s = torch.full((16,), 0.05)
-    pred = student.predict(x, t)
-    expected = schedule.alpha(s)[:, None] * pred.x0 + schedule.sigma(s)[:, None] * pred.eps
-    assert torch.allclose(jump(pred, schedule, s), expected)
+    assert torch.allclose(Euler().step(student, x, t, t), x, atol=1e-4)
 
 
 @torch.no_grad()
@@ -79,6 +76,8 @@ def test_consistency_loss_is_distance_of_student_segment_map_to_target():
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     with pytest.raises(ValueError, match="multiple"):
         ConsistencyDistillation(_student(), teacher, segments=3, num_timesteps=8)
+    with pytest.raises(ValueError, match="one time per sample"):
+        ConsistencyDistillation(_student(), teacher, teacher_solver="heun")
 
 
 @torch.no_grad()

@@ -6,8 +6,9 @@ loop here feeds it batches from a data loader (tensors, or tuples whose first el
 optimizer with gradient clipping, and records the loss. Teachers are frozen copies; consistency methods keep a
 target network updated by an exponential moving average.
 
-Also here: teacher pair generation for reflow (``generate_pairs``) and the per-sample DDIM jump that the
-consistency methods use to move a prediction to another time (``jump``).
+Also here: teacher pair generation for reflow (``generate_pairs``), TCD's multistep consistency sampling step
+(``TCDStep``, ``consistency_sample``) and consistency distillation with trajectory segments
+(``ConsistencyDistillation``, shared by Hyper-SD and SCott).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from thrifty.diffusion.core.denoiser import Denoiser, Prediction
-from thrifty.diffusion.core.schedules import NoiseSchedule, _expand, as_time
-from thrifty.diffusion.core.solvers import Solver, get_solver, sample, uniform_grid
+from thrifty.diffusion.core.denoiser import Denoiser
+from thrifty.diffusion.core.schedules import _expand, as_time
+from thrifty.diffusion.core.solvers import Euler, Solver, Stochastic, get_solver, sample, uniform_grid
 from thrifty.diffusion.distill._losses import mse_loss, segment_start
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "ema_update",
     "frozen_copy",
     "generate_pairs",
-    "jump",
     "pair_batches",
 ]
 
@@ -55,16 +55,6 @@ def ema_update(target: nn.Module, source: nn.Module, decay: float) -> None:
         p_t.lerp_(p_s.detach(), 1.0 - decay)
     for b_t, b_s in zip(target.buffers(), source.buffers(), strict=True):
         b_t.copy_(b_s)
-
-
-def jump(pred: Prediction, schedule: NoiseSchedule, t_next: Tensor | float) -> Tensor:
-    """The DDIM jump ``alpha(s) x0 + sigma(s) eps`` of a prediction to time ``s`` (a scalar or one per sample).
-
-    At ``s = t`` it returns ``x_t`` exactly (the prediction is an exact inversion of ``x_t = alpha x0 + sigma eps``),
-    so a consistency function built from it satisfies its boundary condition by construction.
-    """
-    s = as_time(t_next, pred.x0)
-    return _expand(schedule.alpha(s), pred.x0) * pred.x0 + _expand(schedule.sigma(s), pred.x0) * pred.eps
 
 
 def batches_forever(data: Iterable[Any]) -> Iterator[Tensor]:
@@ -184,6 +174,9 @@ class Distiller:
         return log
 
 
+_DDIM = Euler()  # stateless: the DDIM jump x' = alpha(s) x0 + sigma(s) eps of a prediction, one time per sample
+
+
 class TCDStep(Solver):
     """A consistency model's multistep sampling step with TCD's ``gamma`` (Zheng et al. 2024; Hyper-SD's sampler).
 
@@ -201,9 +194,8 @@ class TCDStep(Solver):
 
     def step(self, denoiser, x, t, t_next, cond=None, generator=None):
         sch = denoiser.schedule
-        pred = denoiser.predict(x, t, cond)
         s = as_time(t_next, x) * (1.0 - self.gamma)
-        x_s = jump(pred, sch, s)
+        x_s = _DDIM.step(denoiser, x, t, s, cond)
         if self.gamma == 0.0 or float(as_time(t_next).max()) <= 0.0:
             return x_s
         a_n, s_n = _expand(sch.alpha(as_time(t_next, x)), x), _expand(sch.sigma(as_time(t_next, x)), x)
@@ -239,7 +231,8 @@ class ConsistencyDistillation(Distiller):
     start ``s = floor-boundary(t, k)``; the teacher moves ``x_t -> x'`` at ``t' = t - 1/N`` with ``sub_steps`` steps
     of ``teacher_solver`` (``Euler`` = DDIM, LCM / Hyper-SD; ``Stochastic(eta)`` = SCott); the target is
     ``f_target(x', t' -> s)`` (``x'`` itself when ``t' = s``, the boundary condition), and the loss is
-    ``d(f_theta(x_t, t -> s), sg[target])``. ``f(x, t -> s)`` is the DDIM jump of the network's prediction, so
+    ``d(f_theta(x_t, t -> s), sg[target])``. ``f(x, t -> s)`` is the DDIM jump of the network's prediction (exact
+    inversion, so ``f(x, s -> s) = x``: the boundary condition holds by construction), so
     ``k = 1`` (``s = 0``) is plain consistency distillation onto ``x0``. The target network is an EMA of the student
     (``ema_decay``; LCM uses 0.95). ``N`` must be a multiple of ``k`` so segment boundaries lie on the grid.
     """
@@ -267,27 +260,22 @@ class ConsistencyDistillation(Distiller):
         self.target = target if target is not None else frozen_copy(student)
         self.segments, self.num_timesteps, self.sub_steps = segments, num_timesteps, sub_steps
         self.solver = get_solver(teacher_solver)
+        if not isinstance(self.solver, (Euler, Stochastic)) or getattr(self.solver, "churn", 0.0):
+            raise ValueError(
+                "the teacher solver must take one time per sample: Euler/DDIM or Stochastic(eta) without churn, "
+                f"got {type(self.solver).__name__}"
+            )
         self.distance = distance if distance is not None else mse_loss
         self.ema_decay, self.generator = ema_decay, generator
 
     @torch.no_grad()
     def teacher_move(self, x: Tensor, t: Tensor, t_next: Tensor) -> Tensor:
-        """The teacher's solution from ``t`` to ``t_next`` (one pair per sample) in ``sub_steps`` equal solver steps.
-
-        Samples sharing a time pair are solved together with scalar times, so any core solver works.
-        """
-        out = torch.empty_like(x)
-        pairs = torch.stack([t, t_next], 1)
-        for pair in torch.unique(pairs, dim=0):
-            rows = (pairs == pair).all(1)
-            grid = torch.linspace(float(pair[0]), float(pair[1]), self.sub_steps + 1)
-            self.solver.reset()
-            y = x[rows]
-            for j in range(self.sub_steps):
-                y = self.solver.step(self.teacher, y, grid[j], grid[j + 1], generator=self.generator)
-            out[rows] = y
-        self.solver.reset()
-        return out
+        """The teacher's solution from ``t`` to ``t_next`` (one pair per sample) in ``sub_steps`` equal solver steps."""
+        for j in range(self.sub_steps):
+            a = t + (t_next - t) * (j / self.sub_steps)
+            b = t + (t_next - t) * ((j + 1) / self.sub_steps)
+            x = self.solver.step(self.teacher, x, a, b, generator=self.generator)
+        return x
 
     def targets(self, x0: Tensor, eps: Tensor, n: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(x_t, t, s, target)`` for grid indices ``n`` (exposed for tests)."""
@@ -297,7 +285,7 @@ class ConsistencyDistillation(Distiller):
         x_t = self.student.schedule.add_noise(x0, eps, t)
         x_prev = self.teacher_move(x_t, t, t_prev)
         with torch.no_grad():
-            jumped = jump(self.target.predict(x_prev, t_prev), self.student.schedule, s)
+            jumped = _DDIM.step(self.target, x_prev, t_prev, s)
         at_boundary = ((t_prev - s).abs() < 0.5 / self.num_timesteps).reshape(-1, *([1] * (x0.dim() - 1)))
         return x_t, t, s, torch.where(at_boundary, x_prev, jumped)
 
@@ -305,7 +293,7 @@ class ConsistencyDistillation(Distiller):
         eps = torch.randn(batch.shape, generator=self.generator).to(batch)
         n = torch.randint(1, self.num_timesteps + 1, (batch.shape[0],), generator=self.generator)
         x_t, t, s, target = self.targets(batch, eps, n)
-        return self.distance(jump(self.student.predict(x_t, t), self.student.schedule, s), target)
+        return self.distance(_DDIM.step(self.student, x_t, t, s), target)
 
     def after_step(self) -> None:
         ema_update(self.target, self.student, self.ema_decay)
