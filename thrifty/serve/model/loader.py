@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from thrifty.serve.model.llama import LlamaConfig, LlamaForCausalLM, rope_inv_freq
+from thrifty.serve.model.llama import LlamaConfig, LlamaForCausalLM
 
 __all__ = ["DEFAULT_MODEL_DIR", "TextTokenizer", "load_llama", "load_pretrained", "load_tokenizer"]
 
@@ -90,16 +90,12 @@ def load_llama(
         if gen_eos is not None:
             ids = list(config.eos_token_ids) + (gen_eos if isinstance(gen_eos, list) else [gen_eos])
             config.eos_token_id = list(dict.fromkeys(ids))
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model = model.to_empty(device=device).to(dtype)
-    model.inv_freq = rope_inv_freq(config).to(device)  # a non-persistent buffer: meta tensors hold no values
+    with torch.device(device):  # (not "meta": materialising meta modules imports torch's compiler stack, seconds)
+        model = LlamaForCausalLM(config).to(dtype)
     state: dict[str, torch.Tensor] = {}
     for f in _weight_files(d):
         state.update(load_file(str(f), device=str(device)))
     model.load_hf_state_dict({k: v.to(dtype) for k, v in state.items()})
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
     return model.eval().requires_grad_(False)
 
 
