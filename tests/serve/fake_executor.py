@@ -1,4 +1,11 @@
-"""A fake executor for scheduler tests: it samples dummy tokens and checks the schedule's invariants every step."""
+"""A fake executor for scheduler tests: a paged "KV cache" of context hashes, read and written through the block
+tables exactly as a model would, with invariants checked every step.
+
+The fake KV of position ``p`` is ``hash((kv[p - 1], token[p]))``, computed from the value the cache holds for
+``p - 1`` (as attention reads earlier keys and values), so a wrong block table, a bad prefix hit, a write into a
+shared block or a preemption without recompute shows up as a KV that differs from the true one of the sequence.
+The sampled token is a function of the last KV: outputs are "greedy", identical whatever the policy.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,9 @@ from collections import Counter
 
 from thrifty.serve import BlockManager, Request, RequestStatus, Scheduler
 from thrifty.serve.sched.batchllm import PREFIX_ID, BatchLLMScheduler
+
+VOCAB = 50
+EOS = 0
 
 
 def block_holders(sched: Scheduler) -> list[Request]:
@@ -28,22 +38,56 @@ def check_blocks(sched: Scheduler) -> None:
         assert r.block_table == [] and r.num_computed_tokens == 0 and r.status is RequestStatus.WAITING
 
 
+def true_kv(tokens: list[int]) -> list[int]:
+    """The fake KV of every position of a sequence, computed from scratch."""
+    out, prev = [], None
+    for t in tokens:
+        prev = hash((prev, t))
+        out.append(prev)
+    return out
+
+
+class FakeModel:
+    """Computes chunks into a paged fake KV pool and samples ``kv % VOCAB`` of the chunk's last position."""
+
+    def __init__(self, bm: BlockManager) -> None:
+        self.bs = bm.block_size
+        self.kv: list[list[int | None]] = [[None] * bm.block_size for _ in range(bm.num_blocks)]
+
+    def read(self, table: list[int], pos: int) -> int | None:
+        return self.kv[table[pos // self.bs]][pos % self.bs]
+
+    def compute(self, req: Request, start: int, end: int) -> int:
+        tokens = req.all_token_ids
+        expected = true_kv(tokens[:end])
+        cached = [self.read(req.block_table, p) for p in range(start)]
+        assert cached == expected[:start], f"{req.request_id}: the KV read through its block table is wrong"
+        prev = cached[-1] if start else None
+        for p in range(start, end):
+            prev = hash((prev, tokens[p]))
+            self.kv[req.block_table[p // self.bs]][p % self.bs] = prev
+        assert prev == expected[-1]
+        return prev % VOCAB
+
+
 def run(
     sched: Scheduler,
     requests: list[Request],
     arrivals: list[int] | None = None,
     seed: int = 0,
-    stop_prob: float = 0.0,
+    eos: bool = False,
     abort_prob: float = 0.0,
     max_steps: int = 20000,
 ) -> dict[str, int]:
     """Drive ``sched`` until every request ends, checking invariants each step; returns step statistics.
 
-    Requests are added at their arrival step unless the caller already added them."""
+    Requests are added at their arrival step unless the caller already added them; with ``eos`` a sampled ``EOS``
+    stops its request; ``abort_prob`` aborts a random unfinished request before a step."""
     rng = random.Random(seed)
     arrivals = arrivals or [0] * len(requests)
     pending = sorted(range(len(requests)), key=lambda i: arrivals[i])
     bm = sched.block_manager
+    model = FakeModel(bm)
     budget = sched.config.max_num_batched_tokens
     stats = Counter()
     step = 0
@@ -66,6 +110,7 @@ def run(
         assert len(sched.running) <= sched.config.max_num_seqs
         ids = [c.request_id for c in out.chunks]
         assert len(ids) == len(set(ids)), "a request got two chunks"
+        sampled = {}
         for c in out.chunks:
             req = c.request
             assert c.start == req.num_computed_tokens and 0 < c.num_tokens and c.end <= req.num_tokens
@@ -77,6 +122,9 @@ def run(
             assert len(req.block_table) * bm.block_size >= c.end
             written = {req.block_table[p // bm.block_size] for p in range(c.start, c.end)}
             assert all(bm.ref_counts[b] == 1 for b in written), "a chunk writes into a shared block"
+            token = model.compute(req, c.start, c.end)
+            if c.sample:
+                sampled[c.request_id] = token
         prefills = [c for c in out.chunks if c.request_id not in decoders]
         stats["max_prefill_chunks"] = max(stats["max_prefill_chunks"], len(prefills))
         stats["preemptions"] += len(out.preempted)
@@ -86,8 +134,7 @@ def run(
         if sched.name == "prefill_first" and prefills:
             assert not [c for c in out.chunks if c.request_id in decoders], "prefill_first mixed decodes in"
         check_blocks(sched)
-        sampled = {c.request_id: rng.randrange(50) for c in out.chunks if c.sample}
-        stopped = {rid for rid in sampled if rng.random() < stop_prob}
+        stopped = {rid for rid, tok in sampled.items() if eos and tok == EOS}
         for req in sched.update(out, sampled, stopped, now=float(step)):
             assert req.status is RequestStatus.FINISHED and req.block_table == []
         check_blocks(sched)
@@ -96,7 +143,7 @@ def run(
         if r.finish_reason == "length":
             assert r.num_output_tokens == r.max_tokens
         elif r.finish_reason == "stop":
-            assert 1 <= r.num_output_tokens <= r.max_tokens
+            assert 1 <= r.num_output_tokens <= r.max_tokens and r.output_token_ids[-1] == EOS
         else:
             assert r.finish_reason == "abort"
     assert all(rc == 0 for rc in bm.ref_counts) and bm.num_free_blocks == bm.num_blocks

@@ -59,10 +59,10 @@ def workloads(draw, policy):
     return bm, cfg, reqs, arrivals
 
 
-def _check_policy(policy, data, stop_prob, abort_prob):
+def _check_policy(policy, data, eos, abort_prob):
     bm, cfg, reqs, arrivals = data
     sched = create_scheduler(policy, bm, cfg)
-    stats = run(sched, reqs, arrivals, seed=len(reqs), stop_prob=stop_prob, abort_prob=abort_prob)
+    stats = run(sched, reqs, arrivals, seed=len(reqs), eos=eos, abort_prob=abort_prob)
     if policy == "sarathi":
         assert stats["max_prefill_chunks"] <= 1
     event("preempted" if stats["preemptions"] else "no preemption")
@@ -72,9 +72,9 @@ def _check_policy(policy, data, stop_prob, abort_prob):
 
 def _policy_test(policy):
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(data=workloads(policy), stop_prob=st.sampled_from([0.0, 0.2]), abort_prob=st.sampled_from([0.0, 0.05]))
-    def test(data, stop_prob, abort_prob):
-        _check_policy(policy, data, stop_prob, abort_prob)
+    @given(data=workloads(policy), eos=st.booleans(), abort_prob=st.sampled_from([0.0, 0.05]))
+    def test(data, eos, abort_prob):
+        _check_policy(policy, data, eos, abort_prob)
 
     test.__name__ = f"test_{policy}_invariants"
     return test
@@ -107,3 +107,32 @@ def test_heavy_preemption_loses_nothing():
             assert stats["preemptions"] > 0, policy
         else:
             assert stats["preemptions"] == 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    prompts=st.lists(
+        st.tuples(st.integers(0, 2), st.lists(st.integers(0, 3), min_size=1, max_size=12), st.integers(1, 10)),
+        min_size=1,
+        max_size=8,
+    ),
+    block_size=st.sampled_from([1, 2, 4]),
+    spare_blocks=st.integers(0, 20),
+    budget=st.integers(8, 40),
+    chunk=st.none() | st.integers(1, 8),
+)
+def test_outputs_identical_whatever_the_policy(prompts, block_size, spare_blocks, budget, chunk):
+    """Greedy outputs (a function of the KV read through the block tables) do not depend on the policy, the
+    chunking, prefix caching or preemption."""
+    shared = [[1, 2, 3, 1, 2, 3, 1, 2], [3, 3, 2, 2, 1, 1], []]
+    specs = [(shared[p] + suffix, max_tokens) for p, suffix, max_tokens in prompts]
+    longest = max(len(p) + m - 1 for p, m in specs)
+    results = []
+    for policy in sorted(SCHEDULERS):
+        for caching in (False, True):
+            bm = BlockManager(-(-longest // block_size) + spare_blocks, block_size, caching, watermark=0.0)
+            cfg = SchedulerConfig(max_num_batched_tokens=max(budget, longest), max_num_seqs=4, chunk_size=chunk)
+            reqs = [Request(f"r{i}", p, m) for i, (p, m) in enumerate(specs)]
+            run(create_scheduler(policy, bm, cfg), reqs, eos=True)
+            results.append([r.output_token_ids for r in reqs])
+    assert all(outputs == results[0] for outputs in results)
