@@ -6,7 +6,9 @@ its prefill decodes (preempting the lowest-priority running request by recompute
 vLLM); then the earliest running request with an unfinished prefill, or else the head of the waiting queue when it
 can be admitted (all prompt blocks up front, watermark kept free, fewer than ``max_num_seqs`` running), gets a chunk
 of ``min(remaining, C, budget left)`` tokens. C is ``chunk_size`` (default: whatever the budget
-``max_num_batched_tokens`` leaves after the decodes). Other partial prefills wait for their turn.
+``max_num_batched_tokens`` leaves after the decodes). Other partial prefills wait for their turn. With a budget of at
+least C + ``max_num_seqs`` - 1 every chunk but a prompt's last has exactly C tokens, as in the paper (C = 256 or
+512 there; the best prefill:decode token ratio is about C / (B - 1) for B = ``max_num_seqs``).
 """
 
 from __future__ import annotations
