@@ -85,7 +85,8 @@ class AttentionMetadata:
     """A flat batch of ``T`` tokens from ``N`` sequences (SARATHI's fused batch of prefill chunks and decodes).
 
     ``query_starts[i]``/``query_lens[i]``: where sequence ``i``'s tokens sit in the flat batch; ``context_lens[i]``:
-    its tokens in the cache after this step (earlier ones plus this chunk). ``logits_indices[i]``: the flat index of
+    its tokens in the cache after this step (earlier ones plus this chunk); ``block_tables[i, :num_blocks[i]]``: the
+    blocks holding them (rows padded with block 0). ``logits_indices[i]``: the flat index of
     sequence ``i``'s last token. Single-token sequences (``decode_seqs``) attend in one batched call over their block
     tables padded to ``decode_block_tables`` and masked by ``decode_mask``; the others (``prefill_seqs``) one at a
     time with a causal mask offset by the tokens already cached.
@@ -97,7 +98,8 @@ class AttentionMetadata:
     query_starts: list[int]
     query_lens: list[int]
     context_lens: list[int]
-    block_tables: list[Tensor]
+    block_tables: Tensor
+    num_blocks: list[int]
     logits_indices: Tensor
     decode_seqs: list[int]
     decode_token_idx: Tensor | None
@@ -136,11 +138,10 @@ class AttentionMetadata:
             query_lens.append(n)
             context_lens.append(c.start + n)
             ids.extend(c.token_ids)
-        max_blocks = max(-(-ctx // block_size) for ctx in context_lens)
-        table = torch.zeros(len(chunks), max_blocks, dtype=torch.long)
-        for i, (c, ctx) in enumerate(zip(chunks, context_lens, strict=True)):
-            nb = -(-ctx // block_size)
-            table[i, :nb] = torch.as_tensor(list(c.block_table[:nb]), dtype=torch.long)
+        num_blocks = [-(-ctx // block_size) for ctx in context_lens]
+        max_blocks = max(num_blocks)
+        rows = [list(c.block_table[:nb]) + [0] * (max_blocks - nb) for c, nb in zip(chunks, num_blocks, strict=True)]
+        table = torch.tensor(rows, dtype=torch.long)
         if num_slots is not None and table.numel() and int(table.max()) * block_size >= num_slots:
             raise ValueError(f"a block table refers to a block beyond the cache ({num_slots // block_size} blocks)")
         lens = torch.tensor(query_lens, dtype=torch.long)
@@ -166,7 +167,8 @@ class AttentionMetadata:
             query_starts=query_starts,
             query_lens=query_lens,
             context_lens=context_lens,
-            block_tables=[table[i, : -(-ctx // block_size)].to(device) for i, ctx in enumerate(context_lens)],
+            block_tables=table.to(device),
+            num_blocks=num_blocks,
             logits_indices=(qstarts + lens - 1).to(device),
             decode_seqs=decode_seqs,
             decode_token_idx=None if decode_token_idx is None else decode_token_idx.to(device),

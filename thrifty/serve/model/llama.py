@@ -195,7 +195,7 @@ class LlamaAttention(nn.Module):
             if ctx == ql:  # nothing cached before this chunk: its own keys/values are the whole context
                 ks, vs = k[qs : qs + ql], v[qs : qs + ql]
             else:
-                bt = meta.block_tables[i]
+                bt = meta.block_tables[i, : meta.num_blocks[i]]
                 ks = keys[bt].flatten(0, 1)[:ctx]
                 vs = values[bt].flatten(0, 1)[:ctx]
             qi = q[qs : qs + ql].view(ql, nkv, g, hd).permute(1, 2, 0, 3).reshape(nkv, g * ql, hd)
