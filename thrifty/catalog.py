@@ -236,6 +236,9 @@ _ENTRIES: tuple[Paper, ...] = (
         "2306.10015",
         "distributed",
         "thrifty.distributed.one_byte:SharedSeedSPSA",
+        status="implemented",
+        note="int8 projected gradient per step over all_gather; parameters on a power-of-two grid so in-place "
+        "perturbations restore bit-exactly and replicas stay identical",
     ),
     _p(
         "oneflow",
@@ -272,6 +275,9 @@ _ENTRIES: tuple[Paper, ...] = (
         "distributed",
         "thrifty.distributed.sgc:SequentialGradientCoder",
         methods=("msgc", "gradient_coding"),
+        status="implemented",
+        note="GC, SR-SGC and M-SGC with the (B, W, lambda) bursty model; simulator for large n and coded training "
+        "on gloo processes with injected delays",
     ),
     # compress
     _p(

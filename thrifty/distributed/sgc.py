@@ -523,8 +523,8 @@ class CodedTrainingSpec:
     """A coded data-parallel training run on digits: ``num_models`` softmax-regression models trained round-robin
     (job ``t`` is a step of model ``t mod num_models``, so ``num_models > T`` keeps each model's jobs sequential).
 
-    ``delays``: injected seconds per (round, worker), ``(num_jobs + T, n)``; ``mu``: the wait rule's slack; ``strict``:
-    refuse (``ValueError`` before any process starts) a delay pattern whose stragglers the scheme cannot tolerate.
+    ``delays``: each worker's round time in seconds (injected), ``(num_jobs + T, n)``; ``mu``: the wait rule's slack;
+    ``strict``: refuse (``ValueError`` before any process starts) delays whose stragglers the scheme cannot tolerate.
     """
 
     scheme: str
@@ -583,8 +583,9 @@ def _job_batch(spec: CodedTrainingSpec, job: int, size: int) -> Tensor:
 def coded_training(rank: int, world_size: int, spec: CodedTrainingSpec) -> dict:
     """One rank of a coded training run (call after the process group is up: ``spawn`` or ``torchrun``).
 
-    Every round each rank computes its mini-tasks' coded partial gradients (real backward passes), reports its finish
-    time (compute + injected delay) by all_gather, and all ranks apply the wait rule to the same numbers: stragglers
+    Every round each rank computes its mini-tasks' coded partial gradients (real backward passes) and reports its
+    finish time by all_gather: the injected delay is the worker's round time, the real computation runs inside it
+    (finish = max(delay, compute seconds)). All ranks apply the wait rule to the same numbers: stragglers
     stop waiting at the round's deadline (sleep cut short), the results are all_gathered with the straggler rows
     masked, and every rank decodes the due job from the responders and steps that model. Returns the final models'
     parameters, per-round wall-clock seconds and the number of samples each worker processed.
@@ -618,7 +619,7 @@ def coded_training(rank: int, world_size: int, spec: CodedTrainingSpec) -> dict:
             loss = (F.cross_entropy(model(x[idx][used]), y[idx][used], reduction="none") * weights[used]).sum()
             loss.backward()
             mine[k] = torch.cat([p.grad.flatten() for p in model.parameters()])
-        finish = torch.tensor([time.perf_counter() - t0 + float(spec.delays[r, rank])], dtype=torch.float64)
+        finish = torch.tensor([max(time.perf_counter() - t0, float(spec.delays[r, rank]))], dtype=torch.float64)
         gathered = [torch.empty_like(finish) for _ in range(world_size)]
         dist.all_gather(gathered, finish)
         finishes = torch.cat(gathered).numpy()
