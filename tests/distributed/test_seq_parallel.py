@@ -21,19 +21,43 @@ def _full_problem(seed: int, n: int, causal: bool):
     return (q, k, v, dout), out.detach(), [t.grad for t in leaves]
 
 
-def _ring_matches_reference(rank: int, world: int, n: int, causal: bool) -> float:
+def _ring_matches_reference(rank: int, world: int, n: int, causal: bool, group=None) -> float:
     (q, k, v, dout), ref_out, ref_grads = _full_problem(0, n, causal)
-    local = [shard_sequence(t, dim=2).clone().requires_grad_() for t in (q, k, v)]
-    out = ring_attention(*local, causal=causal)
-    out.backward(shard_sequence(dout, dim=2))
-    errors = [(out - shard_sequence(ref_out, dim=2)).abs().max()]
-    errors += [(t.grad - shard_sequence(g, dim=2)).abs().max() for t, g in zip(local, ref_grads, strict=True)]
+    local = [shard_sequence(t, dim=2, group=group).clone().requires_grad_() for t in (q, k, v)]
+    out = ring_attention(*local, causal=causal, group=group)
+    out.backward(shard_sequence(dout, dim=2, group=group))
+    errors = [(out - shard_sequence(ref_out, dim=2, group=group)).abs().max()]
+    errors += [
+        (t.grad - shard_sequence(g, dim=2, group=group)).abs().max() for t, g in zip(local, ref_grads, strict=True)
+    ]
     return max(e.item() for e in errors)
 
 
-@pytest.mark.parametrize(("world", "causal"), [(1, True), (2, False), (2, True), (4, True)])
-def test_ring_attention_outputs_and_gradients_match_single_process(world, causal):
-    assert max(spawn(_ring_matches_reference, world, 24, causal)) < 1e-12
+def _ring_checks(rank: int, world: int) -> dict[str, float | str]:
+    """Every multi-process check in one process group (starting processes is the slow part)."""
+    singletons = [dist.new_group([r]) for r in range(world)]  # every rank its own one-process group
+    out: dict[str, float | str] = {
+        "causal": _ring_matches_reference(rank, world, 24, True),
+        "one_process_group": _ring_matches_reference(rank, world, 6, True, group=singletons[rank]),
+    }
+    if world == 2:
+        out["non_causal"] = _ring_matches_reference(rank, world, 24, False)
+        out["module"] = _module_matches(rank, world)
+        out["indivisible"] = _shard_indivisible()
+        out["unequal"] = _unequal_shards(rank)
+    return out
+
+
+def test_ring_attention_matches_single_process_on_two_processes():
+    for result in spawn(_ring_checks, 2):
+        assert max(result[k] for k in ("causal", "one_process_group", "non_causal", "module")) < 1e-12, result
+        assert "not divisible by the world size 2" in result["indivisible"]
+        assert "same shape" in result["unequal"]
+
+
+def test_ring_attention_matches_single_process_on_four_processes():
+    for result in spawn(_ring_checks, 4):
+        assert max(result.values()) < 1e-12, result
 
 
 def test_one_process_without_group_is_plain_attention():
@@ -74,11 +98,7 @@ def _module_matches(rank: int, world: int) -> float:
     return max(e.item() for e in errors)
 
 
-def test_ring_self_attention_module_matches_multihead_attention():
-    assert max(spawn(_module_matches, 2)) < 1e-12
-
-
-def _shard_indivisible(rank: int, world: int) -> str:
+def _shard_indivisible() -> str:
     try:
         shard_sequence(torch.zeros(1, 7, 4))
     except ValueError as e:
@@ -86,18 +106,13 @@ def _shard_indivisible(rank: int, world: int) -> str:
     return "no error"
 
 
-def _unequal_shards(rank: int, world: int) -> str:
+def _unequal_shards(rank: int) -> str:
     q = torch.zeros(1, 1, 3 + rank, 4)
     try:
         ring_attention(q, q, q)
     except ValueError as e:
         return str(e)
     return "no error"
-
-
-def test_bad_sequence_lengths_raise_value_error_on_every_rank():
-    assert all("not divisible by the world size 2" in m for m in spawn(_shard_indivisible, 2))
-    assert all("same shape" in m for m in spawn(_unequal_shards, 2))
 
 
 def test_bad_shapes():
