@@ -80,6 +80,16 @@ class _State:
     pending: list[int] = field(default_factory=list)
 
 
+def _token_slice(req: Request, start: int, end: int) -> list[int]:
+    """``req.all_token_ids[start:end]`` without concatenating prompt and outputs (a decode reads one token)."""
+    n = req.num_prompt_tokens
+    if start >= n:
+        return req.output_token_ids[start - n : end - n]
+    if end <= n:
+        return req.prompt_token_ids[start:end]
+    return req.prompt_token_ids[start:] + req.output_token_ids[: end - n]
+
+
 class LLMEngine:
     """Continuous-batching engine over a paged KV cache.
 
@@ -223,9 +233,8 @@ class LLMEngine:
             if kind == "add":
                 self.scheduler.add_request(item)
             else:
-                req = self.scheduler.abort(item)
+                req = self.scheduler.abort(item, now=self.clock())
                 if req is not None:
-                    req.finish_time = self.clock()
                     outputs.append(self._output(req))
         return outputs
 
@@ -234,8 +243,7 @@ class LLMEngine:
         chunks = out.chunks
         seqs = []
         for c in chunks:
-            tokens = c.request.all_token_ids[c.start : c.end]
-            seqs.append(SeqChunk(tokens, c.start, c.request.block_table))
+            seqs.append(SeqChunk(_token_slice(c.request, c.start, c.end), c.start, c.request.block_table))
         meta = AttentionMetadata.build(seqs, self.block_size, device=self.model.device)
         rows = [i for i, c in enumerate(chunks) if c.sample]
         if len(rows) < len(chunks):
