@@ -1,6 +1,7 @@
-"""``thrifty simulate``: run serving policies on a trace through the GPU cost-model simulator.
+"""``thrifty simulate``: run serving policies on a trace through the GPU cost-model simulator; ``thrifty serve``: the
+OpenAI-compatible HTTP server (:mod:`thrifty.serve.server`).
 
-Every number printed or written is simulated, labelled ``simulated, <GPU> cost model``.
+Every number ``thrifty simulate`` prints or writes is simulated, labelled ``simulated, <GPU> cost model``.
 """
 
 from __future__ import annotations
@@ -170,8 +171,85 @@ def _cmd_simulate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+DEFAULT_SERVED_NAME = "thrifty-stdlib-llama"
+WHOLE_PROMPT_POLICIES = ("prefill_first", "orca")
+
+
+def build_serve_engine(args: argparse.Namespace):
+    """The ``LLMEngine`` and served model name of ``thrifty serve``'s arguments. Raises ``UsageError``."""
+    from thrifty.cli import UsageError
+    from thrifty.serve.sched import SCHEDULERS, SchedulerConfig
+
+    if args.scheduler not in SCHEDULERS:
+        raise UsageError(f"unknown scheduler {args.scheduler!r}; choose from {', '.join(sorted(SCHEDULERS))}")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must lie in 0..65535, got {args.port}")
+    for name in ("budget", "max_num_seqs", "num_blocks", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    import torch
+
+    from thrifty.serve.engine import LLMEngine
+    from thrifty.serve.model.loader import DEFAULT_MODEL_DIR, load_pretrained
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.model is None and not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        raise UsageError(f"the embedded default model is not installed ({DEFAULT_MODEL_DIR}); pass --model DIR")
+    try:
+        model, tokenizer = load_pretrained(args.model)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise UsageError(f"cannot load --model {args.model}: {exc}") from None
+    context = model.config.max_position_embeddings
+    budget = args.budget
+    if args.scheduler in WHOLE_PROMPT_POLICIES:  # they prefill whole sequences: the budget must hold the longest
+        budget = max(budget, context)
+    try:
+        config = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=min(args.max_num_seqs, budget))
+        engine = LLMEngine(
+            model,
+            tokenizer,
+            args.scheduler,
+            config,
+            num_blocks=args.num_blocks,
+            enable_prefix_caching=not args.no_prefix_caching,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    name = args.served_model_name or (Path(args.model).resolve().name if args.model else DEFAULT_SERVED_NAME)
+    return engine, name
+
+
+def _cmd_serve(args: argparse.Namespace, console: Console) -> int:
+    from thrifty.serve.server import run_server
+
+    engine, name = build_serve_engine(args)
+    bm = engine.scheduler.block_manager
+    console.print(
+        f"serving [bold]{name}[/] ({engine.config.max_position_embeddings}-token context, scheduler "
+        f"{engine.scheduler.name}, {bm.num_blocks} KV blocks of {bm.block_size}) on http://{args.host}:{args.port}/v1"
+    )
+    run_server(engine, name, args.host, args.port, log_level=args.log_level)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``thrifty simulate`` to the ``thrifty`` command."""
+    """Add ``thrifty simulate`` and ``thrifty serve`` to the ``thrifty`` command."""
+    s = subparsers.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (/v1/completions)")
+    s.add_argument("--model", default=None, help="local Hugging Face Llama checkpoint directory (default: embedded)")
+    s.add_argument("--served-model-name", default=None, help="the model id clients send (default: directory name)")
+    s.add_argument("--scheduler", default="sarathi_serve", help="prefill_first, orca, sarathi, sarathi_serve (default)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--budget", type=int, default=512, help="token budget per step of chunking policies (default 512)")
+    s.add_argument("--max-num-seqs", type=int, default=128, help="most requests running at once (default 128)")
+    s.add_argument("--num-blocks", type=int, default=None, help="KV blocks of 16 tokens (default: 256 MiB of KV)")
+    s.add_argument("--no-prefix-caching", action="store_true", help="disable reuse of cached prompt blocks")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    s.set_defaults(func=_cmd_serve)
+
     p = subparsers.add_parser(
         "simulate", help="simulate serving policies on a request trace with a GPU cost model (numbers are simulated)"
     )
