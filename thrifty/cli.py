@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 # Field folders that add their own subcommands: each module has ``register(subparsers)``, which adds parsers
 # whose ``func(args, console) -> int`` may raise ``UsageError``.
-_FIELD_CLIS: tuple[str, ...] = ("thrifty.serve.cli",)
+_FIELD_CLIS: tuple[str, ...] = ("thrifty.serve.cli", "thrifty.diffusion.cli")
 
 _STATUS_STYLE = {"implemented": "green", "partial": "yellow", "planned": "dim"}
 

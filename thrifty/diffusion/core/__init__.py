@@ -9,11 +9,12 @@ Interface in brief (details in each module's docstring):
 - ``denoiser``: ``Denoiser`` (``nn.Module``; ``forward(x, t, cond=None)`` returns its ``prediction_type`` in
   {epsilon, x0, v, velocity}; ``predict`` returns a ``Prediction`` with ``x0``, ``eps``, ``velocity``, ``v``),
   conversions ``to_x0_eps`` / ``from_x0_eps`` / ``convert``, adapters ``ModuleDenoiser``, ``DiffusersDenoiser``,
-  exact ``GaussianMixtureDenoiser``.
+  exact ``GaussianMixtureDenoiser`` and ``GaussianDenoiser``.
 - ``solvers``: grids (``uniform_grid``, ``edm_grid``, ``logsnr_grid``, ``check_grid``), ``Euler`` (DDIM),
   ``Heun``, ``DPMSolverPP2M``, ``Stochastic``; ``sample(denoiser, noise, grid, solver)``;
   ``ClassifierFreeGuidance``.
-- ``data``: ``GaussianMixture``, ``eight_gaussians``, ``two_moons``, ``checkerboard``, ``toy2d``, digits.
+- ``data``: ``GaussianMixture``, ``eight_gaussians``, ``two_moons``, ``checkerboard``, ``toy2d``, digits,
+  ``StationaryField`` (Gaussian random field canvases with an exact window denoiser).
 - ``metrics``: ``sliced_wasserstein``, ``mode_coverage``, ``frechet_distance``, ``digits_fd``, ``straightness``,
   ``CountingDenoiser``, ``count_params``, ``count_macs``.
 - ``teachers``: ``TimeMLP``, ``train_diffusion``, ``train_flow_matching``, cached ``toy2d_teacher`` /
@@ -21,7 +22,9 @@ Interface in brief (details in each module's docstring):
 """
 
 from thrifty.diffusion.core.data import (
+    TOY2D,
     GaussianMixture,
+    StationaryField,
     checkerboard,
     digits_flat,
     digits_images,
@@ -34,6 +37,7 @@ from thrifty.diffusion.core.denoiser import (
     PREDICTION_TYPES,
     Denoiser,
     DiffusersDenoiser,
+    GaussianDenoiser,
     GaussianMixtureDenoiser,
     ModuleDenoiser,
     Prediction,
@@ -83,6 +87,7 @@ __all__ = [
     "DiffusersDenoiser",
     "EDMSchedule",
     "Euler",
+    "GaussianDenoiser",
     "GaussianMixture",
     "GaussianMixtureDenoiser",
     "Heun",
@@ -91,7 +96,9 @@ __all__ = [
     "Prediction",
     "RectifiedFlowSchedule",
     "Solver",
+    "StationaryField",
     "Stochastic",
+    "TOY2D",
     "TimeMLP",
     "VPSchedule",
     "check_grid",

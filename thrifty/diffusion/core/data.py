@@ -5,6 +5,9 @@
 - ``eight_gaussians()``, ``grid_gaussians()``: standard mixtures (modes on a circle of radius 2 / a 5x5 grid).
 - ``two_moons(n, generator)``, ``checkerboard(n, generator)``: 2-D point clouds without a closed-form teacher.
 - ``toy2d(name, n, generator)``: one of ``TOY2D`` by name.
+- ``StationaryField(size, length_scale)``: a zero-mean Gaussian random field on a ``size x size`` grid with squared-
+  exponential covariance ``exp(-|p - q|^2 / (2 l^2))``; ``sample(n)`` draws ``(n, 1, H, W)`` canvases, ``tile_denoiser``
+  is the exact denoiser of one ``tile x tile`` window (the substrate of tiled generation).
 - ``digits_images()``: scikit-learn's 1,797 8x8 digits as ``(N, 1, 8, 8)`` in [-1, 1] with labels; ``digits_flat()``
   the same as ``(N, 64)`` rows. Training and evaluation splits follow ``thrifty.data.digits`` (fixed, stratified).
 """
@@ -17,12 +20,13 @@ import torch
 from torch import Tensor
 
 from thrifty.data.digits import load_digits_split
-from thrifty.diffusion.core.denoiser import GaussianMixtureDenoiser
+from thrifty.diffusion.core.denoiser import GaussianDenoiser, GaussianMixtureDenoiser
 from thrifty.diffusion.core.schedules import NoiseSchedule
 
 __all__ = [
     "TOY2D",
     "GaussianMixture",
+    "StationaryField",
     "checkerboard",
     "digits_flat",
     "digits_images",
@@ -89,6 +93,29 @@ def checkerboard(n: int, generator: torch.Generator | None = None, cells: int = 
         idx = torch.floor((pts + 2) * cells / 4).long()
         out = torch.cat([out, pts[(idx.sum(1) % 2) == 0]])
     return out[:n]
+
+
+class StationaryField:
+    """Zero-mean stationary Gaussian random field on a ``height x width`` grid, squared-exponential covariance."""
+
+    def __init__(self, height: int, width: int | None = None, length_scale: float = 2.0, jitter: float = 1e-4) -> None:
+        self.height, self.width, self.length_scale, self.jitter = height, width or height, length_scale, jitter
+        self._chol = torch.linalg.cholesky(self.covariance(self.height, self.width))
+
+    def covariance(self, height: int, width: int) -> Tensor:
+        """Covariance of the field's values on a ``height x width`` window, pixels in row-major order (float64)."""
+        ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        pts = torch.stack([ys.flatten(), xs.flatten()], 1).double()
+        cov = torch.exp(-(torch.cdist(pts, pts) ** 2) / (2 * self.length_scale**2))
+        return cov + self.jitter * torch.eye(len(pts), dtype=torch.float64)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(n, self.height * self.width, generator=generator, dtype=torch.float64)
+        return (z @ self._chol.T).float().reshape(n, 1, self.height, self.width)
+
+    def tile_denoiser(self, tile: int, schedule: NoiseSchedule | None = None) -> GaussianDenoiser:
+        """Exact denoiser of one ``tile x tile`` window, on flat ``(B, tile * tile)`` inputs."""
+        return GaussianDenoiser(torch.zeros(tile * tile), self.covariance(tile, tile), schedule)
 
 
 TOY2D = ("eight_gaussians", "grid_gaussians", "two_moons", "checkerboard")

@@ -16,7 +16,8 @@ returns a ``Prediction`` holding ``x0`` and ``eps`` with ``.velocity``/``.v``/``
 
 Adapters: ``ModuleDenoiser`` (any ``nn.Module(x, timestep[, cond])``), ``DiffusersDenoiser`` (``UNet2DModel`` /
 ``UNet2DConditionModel``, prediction type from the argument, the scheduler config or ``model.config``; a clear
-``ValueError`` when none says it), ``GaussianMixtureDenoiser`` (exact posterior mean of a diagonal Gaussian mixture).
+``ValueError`` when none says it), ``GaussianMixtureDenoiser`` (exact posterior mean of a diagonal Gaussian mixture),
+``GaussianDenoiser`` (exact posterior mean of one full-covariance Gaussian, e.g. a stationary random field).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "PREDICTION_TYPES",
     "Denoiser",
     "DiffusersDenoiser",
+    "GaussianDenoiser",
     "GaussianMixtureDenoiser",
     "ModuleDenoiser",
     "Prediction",
@@ -311,3 +313,31 @@ class GaussianMixtureDenoiser(Denoiser):
         t = _batch_time(t, x)
         a, s = self.schedule.alpha(t)[:, None], self.schedule.sigma(t)[:, None]
         return -(x - a * self(x, t)) / (s * s)
+
+
+class GaussianDenoiser(Denoiser):
+    """Exact denoiser of one full-covariance Gaussian ``N(mu, C)`` on flat ``(B, D)`` data: predicts ``E[x0 | x_t]``.
+
+    With ``C = U diag(lam) U^T``: ``E[x0 | x_t] = mu + U diag(a lam / (a^2 lam + s^2)) U^T (x_t - a mu)``.
+    """
+
+    def __init__(self, mean: Tensor, cov: Tensor, schedule: NoiseSchedule | None = None) -> None:
+        super().__init__(schedule if schedule is not None else RectifiedFlowSchedule(), "x0")
+        cov = torch.as_tensor(cov, dtype=torch.float64)
+        mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
+        if cov.shape != (mean.numel(), mean.numel()):
+            raise ValueError(f"cov must be ({mean.numel()}, {mean.numel()}), got {tuple(cov.shape)}")
+        lam, vecs = torch.linalg.eigh((cov + cov.T) / 2)
+        if bool((lam < -1e-8 * lam.abs().max()).any()):
+            raise ValueError("cov must be positive semi-definite")
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("eigvals", lam.clamp_min(0).float())
+        self.register_buffer("eigvecs", vecs.float())
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Tensor:
+        t = _batch_time(t, x)
+        a = self.schedule.alpha(t).to(x.dtype)[:, None]
+        s = self.schedule.sigma(t).to(x.dtype)[:, None]
+        z = (x - a * self.mean) @ self.eigvecs
+        gain = a * self.eigvals / (a * a * self.eigvals + s * s).clamp_min(1e-20)
+        return self.mean + (gain * z) @ self.eigvecs.T

@@ -46,7 +46,8 @@ def sliced_wasserstein(x: Tensor, y: Tensor, projections: int = 256, generator: 
     theta = theta / theta.norm(dim=0, keepdim=True)
     px, py = (x @ theta).sort(0).values, (y @ theta).sort(0).values
     if len(px) != len(py):
-        q = torch.linspace(0, 1, min(len(px), len(py)), dtype=torch.float64)
+        m = min(len(px), len(py))
+        q = (torch.arange(m, dtype=torch.float64) + 0.5) / m
         px, py = torch.quantile(px, q, dim=0), torch.quantile(py, q, dim=0)
     return float(((px - py) ** 2).mean().sqrt())
 

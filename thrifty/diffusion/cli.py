@@ -1,0 +1,191 @@
+"""``thrifty diffusion ...``: the diffusion field's commands.
+
+``thrifty diffusion sample --grid uniform|edm|boss|autodiffusion --steps K --teacher toy2d|digits|PATH --out DIR``
+samples a teacher on a time grid: ``uniform`` and ``edm`` are fixed grids, ``boss`` fits the Bellman-optimal grid
+(``thrifty.diffusion.sampling.boss``, 100-step reference, 100 trajectories) and ``autodiffusion`` searches one
+(``thrifty.diffusion.sampling.autodiffusion``, FID-proxy fitness against reference data). ``toy2d`` and ``digits`` are
+the cached rectified-flow teachers (trained on first use); ``PATH`` is a ``torch.save``d denoiser module (a
+``thrifty.diffusion.core.denoiser.Denoiser``, or any module with ``predict``, ``schedule`` and ``prediction_type``)
+sampled with ``--shape``. Writes ``samples.pt``, ``summary.json`` (grid, NFE, metric) and, for 2-D or 8x8 samples,
+``samples.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["register"]
+
+GRIDS = ("uniform", "edm", "boss", "autodiffusion")
+
+
+def _teacher(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], Any]:
+    """(denoiser, sample shape, metric or None) for ``--teacher``; raises ``UsageError``."""
+    from thrifty.cli import UsageError
+    from thrifty.diffusion.core import data, metrics, teachers
+
+    if args.teacher == "toy2d":
+        if args.toy not in data.TOY2D:
+            raise UsageError(f"unknown --toy {args.toy!r}; choose from {', '.join(data.TOY2D)}")
+        ref = data.toy2d(args.toy, 4000, torch.Generator().manual_seed(12345))
+        return teachers.toy2d_teacher(args.toy), (2,), ("SWD", ref, lambda x: metrics.sliced_wasserstein(x, ref))
+    if args.teacher == "digits":
+        ref = data.digits_flat("train")[0]
+        return teachers.digits_teacher(), (64,), ("classifier-FD", ref, lambda x: metrics.digits_fd(x, ref))
+    path = Path(args.teacher)
+    if not path.exists():
+        raise UsageError(f"--teacher must be toy2d, digits or an existing file, got {args.teacher!r}")
+    if not args.shape:
+        raise UsageError("a teacher file needs --shape, the shape of one sample (e.g. 2 or 1,8,8)")
+    try:
+        shape = tuple(int(v) for v in args.shape.split(","))
+    except ValueError:
+        raise UsageError(f"--shape must be comma-separated integers, got {args.shape!r}") from None
+    den = torch.load(path, map_location="cpu", weights_only=False)
+    if not all(hasattr(den, a) for a in ("predict", "schedule", "prediction_type")):
+        raise UsageError(
+            f"{path} holds a {type(den).__name__}, not a denoiser (needs predict, schedule, prediction_type)"
+        )
+    metric = None
+    if args.reference:
+        ref = torch.load(args.reference, map_location="cpu", weights_only=True)
+        metric = ("SWD", ref, lambda x: metrics.sliced_wasserstein(x.reshape(len(x), -1), ref.reshape(len(ref), -1)))
+    return den.eval(), shape, metric
+
+
+def _grid(args: argparse.Namespace, den: Any, shape: tuple[int, ...], metric: Any) -> torch.Tensor:
+    from thrifty.cli import UsageError
+    from thrifty.diffusion.core.solvers import edm_grid, uniform_grid
+
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    if args.grid == "uniform":
+        return uniform_grid(args.steps)
+    if args.grid == "edm":
+        return edm_grid(args.steps, den.schedule)
+    if args.grid == "boss":
+        from thrifty.diffusion.sampling.boss import BellmanStepSizes
+
+        if args.steps > 100:
+            raise UsageError("--grid boss picks steps from a 100-step reference grid: --steps must be <= 100")
+        return BellmanStepSizes(den, 100).fit(torch.randn(100, *shape, generator=gen)).grid(args.steps)
+    from thrifty.diffusion.sampling.autodiffusion import AutoDiffusionSearch
+
+    if metric is None:
+        raise UsageError("--grid autodiffusion needs reference data for its fitness: pass --reference DATA.pt")
+    name, ref, _ = metric
+    if name == "classifier-FD":
+        from thrifty.diffusion.sampling.autodiffusion import digits_fd_fitness
+
+        fitness = digits_fd_fitness(ref)
+    else:
+        from thrifty.diffusion.core.metrics import sliced_wasserstein
+
+        def fitness(x: torch.Tensor) -> float:
+            return sliced_wasserstein(
+                x.reshape(len(x), -1), ref.reshape(len(ref), -1), 128, torch.Generator().manual_seed(0)
+            )
+
+    search = AutoDiffusionSearch(den, args.steps, fitness, epochs=args.search_epochs, seed=args.seed)
+    return search.search(torch.randn(500, *shape, generator=gen)).grid
+
+
+def _save_png(samples: torch.Tensor, path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    flat = samples.reshape(len(samples), -1)
+    if flat.shape[1] == 2:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.scatter(flat[:, 0], flat[:, 1], s=1, alpha=0.4)
+        ax.set_aspect("equal")
+    elif flat.shape[1] == 64:
+        imgs = flat[:64].reshape(-1, 8, 8)
+        cols = 8
+        canvas = torch.full(((len(imgs) + cols - 1) // cols * 9, cols * 9), float("nan"))
+        for i, img in enumerate(imgs):
+            r, c = divmod(i, cols)
+            canvas[r * 9 : r * 9 + 8, c * 9 : c * 9 + 8] = img
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.imshow(canvas.numpy(), cmap="gray", interpolation="nearest")
+        ax.axis("off")
+    else:
+        return False
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def _cmd_sample(args: argparse.Namespace, console: Console) -> int:
+    from thrifty.cli import UsageError
+    from thrifty.diffusion.core.metrics import CountingDenoiser
+    from thrifty.diffusion.core.solvers import SOLVERS, sample
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {args.samples}")
+    if args.solver not in SOLVERS:
+        raise UsageError(f"unknown --solver {args.solver!r}; choose from {', '.join(SOLVERS)}")
+    torch.manual_seed(args.seed)
+    den, shape, metric = _teacher(args)
+    grid = _grid(args, den, shape, metric)
+    counting = CountingDenoiser(den)
+    noise = torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(args.seed))
+    with torch.no_grad():
+        out = sample(counting, noise, grid, args.solver, generator=torch.Generator().manual_seed(args.seed + 2))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(out, out_dir / "samples.pt")
+    summary: dict[str, Any] = {
+        "teacher": args.teacher,
+        "grid_kind": args.grid,
+        "steps": args.steps,
+        "solver": args.solver,
+        "grid": [round(float(t), 6) for t in grid],
+        "nfe_per_sample": counting.nfe,
+        "samples": args.samples,
+    }
+    if metric is not None:
+        summary[metric[0]] = metric[2](out)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    png = _save_png(out, out_dir / "samples.png")
+    table = Table(title=f"thrifty diffusion sample: {args.teacher}, {args.grid} grid")
+    for col in ("steps", "NFE", "grid", *([metric[0]] if metric else [])):
+        table.add_column(col)
+    table.add_row(
+        str(args.steps),
+        str(counting.nfe),
+        " ".join(f"{float(t):.3f}" for t in grid),
+        *([f"{summary[metric[0]]:.4g}"] if metric else []),
+    )
+    console.print(table)
+    console.print(f"wrote {out_dir / 'samples.pt'}, {out_dir / 'summary.json'}" + (", samples.png" if png else ""))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``thrifty diffusion`` and its subcommands."""
+    parser = subparsers.add_parser("diffusion", help="few-step sampling and distillation of diffusion/flow models")
+    sub = parser.add_subparsers(dest="diffusion_command", required=True)
+    p = sub.add_parser("sample", help="sample a teacher on a uniform, EDM, BOSS or AutoDiffusion time grid")
+    p.add_argument("--grid", choices=GRIDS, default="uniform", help="time grid (default uniform)")
+    p.add_argument("--steps", type=int, default=4, help="number of steps K (default 4)")
+    p.add_argument("--teacher", default="toy2d", help="toy2d, digits, or a torch.save'd denoiser file (default toy2d)")
+    p.add_argument("--toy", default="eight_gaussians", help="2-D toy of --teacher toy2d (default eight_gaussians)")
+    p.add_argument("--shape", default=None, help="shape of one sample for a teacher file, e.g. 2 or 1,8,8")
+    p.add_argument("--reference", default=None, help="reference data (a torch.save'd tensor) for a teacher file")
+    p.add_argument("--solver", default="euler", help="euler (default), heun, dpmpp_2m or stochastic")
+    p.add_argument("--samples", type=int, default=1000, help="number of samples (default 1000)")
+    p.add_argument("--search-epochs", type=int, default=10, help="AutoDiffusion search epochs (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/diffusion-sample", help="output folder")
+    p.set_defaults(func=_cmd_sample)
