@@ -245,9 +245,11 @@ _ENTRIES: tuple[Paper, ...] = (
         "OneFlow: Redesign the Distributed Deep Learning Framework from Scratch",
         "2110.15032",
         "distributed",
-        "thrifty.distributed.oneflow:GlobalTensor",
+        "thrifty.distributed.oneflow:to_global",
         methods=("sbp",),
-        note="system paper: SBP layouts, boxing and an actor pipeline on torch.distributed, no framework",
+        status="implemented",
+        note="SBP layouts as DTensor placements, the boxing cost table (measured), matmul signatures and a "
+        "tensor-parallel MLP; the actor runtime and 2-D (hierarchical) SBP are not implemented",
     ),
     _p(
         "monna",
