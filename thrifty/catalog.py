@@ -258,6 +258,9 @@ _ENTRIES: tuple[Paper, ...] = (
         "distributed",
         "thrifty.distributed.monna:MoNNA",
         methods=("nna",),
+        status="implemented",
+        note="all-to-all over one all_gather per step; NNA and baselines in thrifty.distributed.aggregators, "
+        "attacks and simulated Byzantine peers in thrifty.distributed.byzantine",
     ),
     _p(
         "seq_parallel",

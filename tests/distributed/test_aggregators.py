@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from thrifty.distributed.aggregators import AGGREGATORS, coordinate_median, mean, nna, nna_select, trimmed_mean
+from thrifty.distributed.aggregators import (
+    AGGREGATORS,
+    coordinate_median,
+    mean,
+    nna,
+    nna_many,
+    nna_select,
+    trimmed_mean,
+)
 
 
 def test_nna_hand_computation():
@@ -36,6 +44,15 @@ def test_nna_is_permutation_invariant_and_stays_in_the_hull_of_the_chosen():
     chosen = x[nna_select(x, 2, pivot)]
     out = nna(x, 2, pivot)
     assert torch.all(out >= chosen.min(0).values - 1e-6) and torch.all(out <= chosen.max(0).values + 1e-6)
+
+
+def test_nna_many_equals_nna_for_each_pivot():
+    x = torch.randn(9, 7, generator=torch.Generator().manual_seed(2))
+    x[4] = x[1]  # an exact tie
+    expected = torch.stack([nna(x, 3, i) for i in (0, 1, 4, 8)])
+    torch.testing.assert_close(nna_many(x, 3, [0, 1, 4, 8]), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="pivots must be row indices"):
+        nna_many(x, 3, [9])
 
 
 def test_nna_drops_far_outliers_and_nan_vectors():

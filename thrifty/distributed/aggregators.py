@@ -17,12 +17,12 @@ Every function takes the received vectors stacked as rows of a 2-D tensor ``(k, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["AGGREGATORS", "Aggregator", "coordinate_median", "mean", "nna", "nna_select", "trimmed_mean"]
+__all__ = ["AGGREGATORS", "Aggregator", "coordinate_median", "mean", "nna", "nna_many", "nna_select", "trimmed_mean"]
 
 Aggregator = Callable[[Tensor, int, int], Tensor]
 
@@ -54,6 +54,18 @@ def nna_select(vectors: Tensor, f: int, pivot: int) -> Tensor:
 def nna(vectors: Tensor, f: int, pivot: int) -> Tensor:
     """Nearest-neighbour averaging: mean of the ``k - f`` rows closest to ``vectors[pivot]`` (itself included)."""
     return vectors.index_select(0, nna_select(vectors, f, pivot)).mean(dim=0)
+
+
+def nna_many(vectors: Tensor, f: int, pivots: Sequence[int]) -> Tensor:
+    """NNA for several pivots at once: row ``j`` is ``nna(vectors, f, pivots[j])`` (same distances, same ties)."""
+    k = _check(vectors, f)
+    index = torch.as_tensor(list(pivots), dtype=torch.long, device=vectors.device)
+    if index.dim() != 1 or len(index) == 0 or bool(((index < 0) | (index >= k)).any()):
+        raise ValueError(f"pivots must be row indices in [0, {k - 1}], got {list(pivots)!r}")
+    distances = torch.linalg.vector_norm(vectors.unsqueeze(0) - vectors[index].unsqueeze(1), dim=2)
+    distances[torch.arange(len(index), device=vectors.device), index] = -1.0
+    chosen = torch.argsort(distances, dim=1, stable=True)[:, : k - f]
+    return vectors[chosen].mean(dim=1)
 
 
 def mean(vectors: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from thrifty.distributed.aggregators import AGGREGATORS, Aggregator
+from thrifty.distributed.aggregators import AGGREGATORS, nna_many
 from thrifty.distributed.monna import _group_size, agree_on_settings, check_byzantine_bound, exchange, protocol_settings
 
 __all__ = [
@@ -95,20 +95,22 @@ def line_maximize(
     return best_x
 
 
-def attack_damage(honest: Tensor, byzantine: Tensor, num_byzantine: int, aggregator: Aggregator, f: int) -> float:
+def attack_damage(honest: Tensor, byzantine: Tensor, num_byzantine: int, aggregator: str, f: int) -> float:
     """``||mean_i rule_i(honest + byzantine copies) - mean(honest)||^2`` over honest pivots ``i`` (what the
-    official attacks maximise in the peer-to-peer setting)."""
-    h = honest.shape[0]
+    official attacks maximise in the peer-to-peer setting); ``aggregator`` names a rule of ``AGGREGATORS``."""
     received = torch.cat([honest, byzantine.expand(num_byzantine, -1)])
-    outputs = torch.stack([aggregator(received, f, i) for i in range(h)])
-    return float((outputs.mean(dim=0) - honest.mean(dim=0)).square().sum())
+    if aggregator == "nna":
+        output = nna_many(received, f, range(honest.shape[0])).mean(dim=0)
+    else:  # the other rules ignore the pivot
+        output = AGGREGATORS[aggregator](received, f, 0)
+    return float((output - honest.mean(dim=0)).square().sum())
 
 
 class Attack:
-    """What a Byzantine peer sends, given the honest models; ``aggregator`` and ``f`` describe the honest defence,
-    ``num_byzantine`` how many copies of the vector the honest peers receive."""
+    """What a Byzantine peer sends, given the honest models; ``aggregator`` (a name of ``AGGREGATORS``) and ``f``
+    describe the honest defence, ``num_byzantine`` how many copies of the vector the honest peers receive."""
 
-    def __call__(self, honest: Tensor, *, aggregator: Aggregator, f: int, num_byzantine: int) -> Tensor:
+    def __call__(self, honest: Tensor, *, aggregator: str, f: int, num_byzantine: int) -> Tensor:
         raise NotImplementedError
 
 
@@ -169,7 +171,7 @@ class _Directional(Attack):
     def direction(self, honest: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def __call__(self, honest: Tensor, *, aggregator: Aggregator, f: int, num_byzantine: int) -> Tensor:
+    def __call__(self, honest: Tensor, *, aggregator: str, f: int, num_byzantine: int) -> Tensor:
         honest = _honest(honest)
         center, direction = honest.mean(dim=0), self.direction(honest)
         factor = self.factor
@@ -258,7 +260,7 @@ class ByzantinePeer:
         if self.rushing:  # the honest peers' first all-gather: see this step's honest models before sending
             self._honest_models = exchange(torch.zeros_like(self._honest_models[0]), self.group)[self.honest_ranks]
         vector = self.attack(
-            self._honest_models, aggregator=AGGREGATORS[self.aggregator], f=self.f, num_byzantine=self.num_byzantine
+            self._honest_models, aggregator=self.aggregator, f=self.f, num_byzantine=self.num_byzantine
         ).to(self._honest_models.dtype)
         self._honest_models = exchange(vector, self.group)[self.honest_ranks]
         return vector
