@@ -245,7 +245,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "OneFlow: Redesign the Distributed Deep Learning Framework from Scratch",
         "2110.15032",
         "distributed",
-        "thrifty.distributed.oneflow:to_global",
+        "thrifty.distributed.oneflow:TensorParallelMLP",
         methods=("sbp",),
         status="implemented",
         note="SBP layouts as DTensor placements, the boxing cost table (measured), matmul signatures and a "
