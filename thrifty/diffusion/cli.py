@@ -8,6 +8,8 @@ the cached rectified-flow teachers (trained on first use); ``PATH`` is a ``torch
 ``thrifty.diffusion.core.denoiser.Denoiser``, or any module with ``predict``, ``schedule`` and ``prediction_type``)
 sampled with ``--shape``. Writes ``samples.pt``, ``summary.json`` (grid, NFE, metric) and, for 2-D or 8x8 samples,
 ``samples.png``.
+
+``thrifty diffusion distill METHOD ...`` (``thrifty.diffusion.distill.cli``) trains a few-step student.
 """
 
 from __future__ import annotations
@@ -189,3 +191,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/diffusion-sample", help="output folder")
     p.set_defaults(func=_cmd_sample)
+
+    from thrifty.diffusion.distill.cli import add_distill_parser
+
+    add_distill_parser(sub)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from thrifty.cli import UsageError
+from thrifty.cli import UsageError, main
 from thrifty.diffusion.core.data import eight_gaussians
 from thrifty.diffusion.core.denoiser import ModuleDenoiser
 from thrifty.diffusion.core.schedules import RectifiedFlowSchedule
@@ -22,6 +22,12 @@ def _parser():
     parser = argparse.ArgumentParser()
     add_distill_parser(parser.add_subparsers(dest="command"))
     return parser
+
+
+def test_thrifty_diffusion_distill_is_registered(tmp_path, capsys):
+    torch.save(_teacher(), tmp_path / "t.pt")
+    argv = ["diffusion", "distill", "instaflow", "--teacher", str(tmp_path / "t.pt"), "--steps", "0"]
+    assert main(argv) == 2 and "--steps must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -59,7 +65,7 @@ def test_distill_command_writes_student_metrics_and_samples(tmp_path):
     assert args.func(args, Console(quiet=True)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == "scott" and set(metrics["quality_by_sampling_steps"]) == {"1", "2", "4"}
-    assert (out / "samples.png").stat().st_size > 0
+    assert all((out / f"samples_{k}step.png").stat().st_size > 0 for k in (1, 2, 4))
     student = torch.load(out / "student.pt", weights_only=False)
     assert generate("scott", student, torch.randn(4, 2), 1).shape == (4, 2)
 
@@ -67,8 +73,8 @@ def test_distill_command_writes_student_metrics_and_samples(tmp_path):
 def test_distill_command_rejects_bad_input(tmp_path):
     parser = _parser()
     for argv, match in (
-        (["distill", "instaflow", "--teacher", str(tmp_path / "missing.pt")], "none of these"),
-        (["distill", "instaflow", "--teacher", "toy2d:spiral"], "unknown 2-D toy"),
+        (["distill", "instaflow", "--teacher", str(tmp_path / "missing.pt")], "existing file"),
+        (["distill", "instaflow", "--teacher", "toy2d", "--toy", "spiral"], "unknown --toy"),
         (["distill", "instaflow", "--steps", "0"], "--steps"),
     ):
         args = parser.parse_args(argv)

@@ -1,4 +1,5 @@
-"""``thrifty diffusion distill METHOD``: distil a teacher into a few-step student and report quality against steps.
+"""``thrifty diffusion distill METHOD --teacher toy2d|digits|PATH --steps N --out DIR``: distil a teacher into a
+few-step student and report its quality at 1, 2 and 4 sampling steps (teacher loading as ``thrifty diffusion sample``).
 
 ``distill(method, teacher, data, steps)`` is the same as a function: it trains a student with one of the five
 trajectory distillers on a teacher (any ``Denoiser``) and a source of data samples, and ``generate`` samples it in
@@ -112,47 +113,35 @@ def generate(method: str, student: Denoiser, noise: Tensor, steps: int, seed: in
     return sample(student, noise, uniform_grid(steps), "euler")
 
 
-def _load_teacher(spec: str, shape: str | None):
-    """``(teacher, data, sample_shape, reference)`` for ``toy2d[:NAME]``, ``digits`` or a saved ``Denoiser``."""
-    from thrifty.cli import UsageError
-    from thrifty.diffusion.core.data import TOY2D, digits_flat, toy2d
-    from thrifty.diffusion.core.teachers import digits_teacher, toy2d_teacher
+def _data_source(args: argparse.Namespace, teacher: Denoiser, shape: tuple[int, ...]) -> DataSource:
+    """Data samples for the consistency methods: the toy or the digits, or the teacher's own samples for a file."""
+    from thrifty.diffusion.core.data import digits_flat, toy2d
 
-    if spec == "toy2d" or spec.startswith("toy2d:"):
-        name = spec.partition(":")[2] or "eight_gaussians"
-        if name not in TOY2D:
-            raise UsageError(f"unknown 2-D toy {name!r}; choose from {', '.join(TOY2D)}")
-        return toy2d_teacher(name), (lambda n, g: toy2d(name, n, g)), (2,), "toy2d"
-    if spec == "digits":
+    if args.teacher == "toy2d":
+        return lambda n, g: toy2d(args.toy, n, g)
+    if args.teacher == "digits":
         x, _ = digits_flat("train")
-        return digits_teacher(), (lambda n, g: x[torch.randint(len(x), (n,), generator=g)]), (64,), "digits"
-    path = Path(spec)
-    if not path.is_file():
-        raise UsageError(
-            f"--teacher must be toy2d, toy2d:NAME, digits or the path of a saved Denoiser; {spec!r} is none of these"
-        )
-    if shape is None:
-        raise UsageError("a teacher loaded from a file needs --shape (one sample's shape, e.g. 2 or 1,8,8)")
-    teacher = torch.load(path, weights_only=False)  # a pickled module: load only files you trust
-    if not isinstance(teacher, Denoiser):
-        raise UsageError(f"{spec} holds a {type(teacher).__name__}, not a thrifty Denoiser (wrap it in ModuleDenoiser)")
-    sample_shape = tuple(int(s) for s in shape.split(","))
+        return lambda n, g: x[torch.randint(len(x), (n,), generator=g)]
 
-    def data(n: int, g: torch.Generator) -> Tensor:
-        return sample(teacher, torch.randn((n, *sample_shape), generator=g), uniform_grid(32), "heun")
+    def teacher_samples(n: int, g: torch.Generator) -> Tensor:
+        return sample(teacher, torch.randn((n, *shape), generator=g), uniform_grid(32), "heun")
 
-    return teacher.eval().requires_grad_(False), data, sample_shape, "teacher"
+    return teacher_samples
 
 
 def _cmd_distill(args: argparse.Namespace, console) -> int:
     from rich.progress import Progress
 
     from thrifty.cli import UsageError
-    from thrifty.diffusion.core.metrics import digits_fd, sliced_wasserstein
+    from thrifty.diffusion.cli import _save_png, _teacher
+    from thrifty.diffusion.core.metrics import sliced_wasserstein
 
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    teacher, data, shape, kind = _load_teacher(args.teacher, args.shape)
+    teacher, shape, metric = _teacher(args)
+    if not isinstance(teacher, Denoiser):
+        raise UsageError(f"{args.teacher} holds a {type(teacher).__name__}; distillers need a thrifty Denoiser")
+    data = _data_source(args, teacher, shape)
     stages = 2 if args.method in ("instaflow", "slimflow") else 1
     start = time.perf_counter()
     with Progress(transient=True, console=console) as bar:
@@ -172,15 +161,15 @@ def _cmd_distill(args: argparse.Namespace, console) -> int:
             raise UsageError(str(exc)) from None
     seconds = time.perf_counter() - start
     gen = torch.Generator().manual_seed(args.seed + 1)
-    n = 2000 if kind != "digits" else 1000
-    reference = data(n, gen)
-    noise = torch.randn((n, *shape), generator=gen)
-    metric = "classifier_fd" if kind == "digits" else "swd"
+    noise = torch.randn((1000, *shape), generator=gen)
+    if metric is None:  # a teacher file without --reference: compare with the teacher's own samples
+        reference = data(1000, gen)
+        metric = ("SWD to teacher samples", reference, lambda x: sliced_wasserstein(x.reshape(1000, -1), reference))
+    name, _, measure = metric
     quality, samples = {}, {}
     for k in EVAL_STEPS:
-        x = generate(args.method, student, noise, k, args.seed)
-        samples[k] = x
-        quality[k] = digits_fd(x, reference) if kind == "digits" else sliced_wasserstein(x, reference)
+        samples[k] = generate(args.method, student, noise, k, args.seed)
+        quality[k] = measure(samples[k])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(student, out / "student.pt")
@@ -191,46 +180,17 @@ def _cmd_distill(args: argparse.Namespace, console) -> int:
                 "teacher": args.teacher,
                 "steps": args.steps,
                 "training_seconds": round(seconds, 2),
-                "metric": f"{metric} to {'teacher samples' if kind == 'teacher' else 'data'}",
+                "metric": name,
                 "quality_by_sampling_steps": {str(k): v for k, v in quality.items()},
             },
             indent=2,
         )
     )
-    _plot(
-        samples,
-        kind,
-        out / "samples.png",
-        f"{args.method}: {metric} " + ", ".join(f"{k} step{'s' if k > 1 else ''} {v:.3f}" for k, v in quality.items()),
-    )
+    pngs = [f"samples_{k}step.png" for k in EVAL_STEPS if _save_png(samples[k], out / f"samples_{k}step.png")]
     for k, v in quality.items():
-        console.print(f"{args.method}: {k} step{'s' if k > 1 else ''}: {metric} {v:.4f}")
-    console.print(f"wrote {out / 'student.pt'}, {out / 'metrics.json'} and {out / 'samples.png'}")
+        console.print(f"{args.method}: {k} step{'s' if k > 1 else ''}: {name} {v:.4f}")
+    console.print(f"wrote {out / 'student.pt'}, {out / 'metrics.json'}" + "".join(f", {p}" for p in pngs))
     return 0
-
-
-def _plot(samples: dict[int, Tensor], kind: str, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(samples), figsize=(3.2 * len(samples), 3.4), squeeze=False)
-    for ax, (k, x) in zip(axes[0], samples.items(), strict=True):
-        if kind == "digits":
-            grid = x[:64].reshape(8, 8, 8, 8).permute(0, 2, 1, 3).reshape(64, 64)
-            ax.imshow(grid.clamp(-1, 1), cmap="gray")
-        else:
-            flat = x.reshape(len(x), -1)
-            ax.scatter(flat[:, 0], flat[:, 1], s=1, alpha=0.4)
-            ax.set_aspect("equal")
-        ax.set_title(f"{k} step{'s' if k > 1 else ''}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def add_distill_parser(sub) -> None:
@@ -239,16 +199,18 @@ def add_distill_parser(sub) -> None:
         "distill",
         help="distil a teacher into a few-step student (InstaFlow, SlimFlow, Hyper-SD, SCott, improved LCT)",
         description="Train a few-step student with a trajectory distiller and write student.pt, metrics.json "
-        "(quality at 1, 2, 4 sampling steps) and samples.png.",
+        "(quality at 1, 2, 4 sampling steps) and samples_<k>step.png.",
     )
     p.add_argument("method", choices=METHODS)
     p.add_argument(
         "--teacher",
         default="toy2d",
-        help="toy2d (eight Gaussians), toy2d:NAME, digits (cached teachers trained on first use) or the path of a "
-        "torch.save'd thrifty Denoiser (then --shape is required)",
+        help="toy2d, digits (cached teachers trained on first use) or a torch.save'd thrifty Denoiser file (then "
+        "--shape is required; data for the consistency methods are the teacher's own samples)",
     )
-    p.add_argument("--shape", help="one sample's shape for a teacher loaded from a file, e.g. 2 or 1,8,8")
+    p.add_argument("--toy", default="eight_gaussians", help="2-D toy of --teacher toy2d (default eight_gaussians)")
+    p.add_argument("--shape", default=None, help="shape of one sample for a teacher file, e.g. 2 or 1,8,8")
+    p.add_argument("--reference", default=None, help="reference data (a torch.save'd tensor) for a teacher file")
     p.add_argument("--steps", type=int, default=1000, help="training iterations (per stage for instaflow/slimflow)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
