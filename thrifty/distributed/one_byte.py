@@ -134,7 +134,7 @@ class SharedSeedSPSA:
         shapes = hash(tuple(tuple(p.shape) for p in self.params)) & ((1 << 62) - 1)
         mine = torch.cat(
             [torch.tensor([self.seed, int(self.quantize), shapes], dtype=torch.int64), floats.view(torch.int64)]
-        )
+        ).to(self.params[0].device)  # NCCL needs device tensors
         if self.world_size == 1:
             return
         rows = [torch.empty_like(mine) for _ in range(self.world_size)]
@@ -195,7 +195,7 @@ class SharedSeedSPSA:
         """
         t = self.step_count
         projected = self.projected_gradient(closure, step_seed(self.seed, t, self.rank))
-        value = torch.tensor([projected], dtype=torch.float32)
+        value = torch.tensor([projected], dtype=torch.float32, device=self.params[0].device)
         payload = quantize_int8(value, self.clip) if self.quantize else value
         if self.world_size > 1:
             gathered = [torch.empty_like(payload) for _ in range(self.world_size)]
