@@ -5,6 +5,7 @@ from torch import nn
 from thrifty.diffusion.core.denoiser import (
     PREDICTION_TYPES,
     DiffusersDenoiser,
+    GaussianDenoiser,
     GaussianMixtureDenoiser,
     ModuleDenoiser,
     convert,
@@ -56,6 +57,22 @@ def test_gaussian_mixture_denoiser_is_the_exact_posterior_mean():
     w = torch.exp(-0.5 * ((xt[0, 0] - 0.5 * x0) / 0.5) ** 2)
     assert float(den2(xt, torch.tensor(0.5))) == pytest.approx(float((w * x0).sum() / w.sum()), abs=5e-3)
     assert torch.allclose(den2.score(xt, 0.5), -(xt - 0.5 * den2(xt, 0.5)) / 0.25)
+
+
+def test_full_covariance_gaussian_denoiser_matches_the_linear_posterior_mean():
+    g = torch.Generator().manual_seed(0)
+    a_mat = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    cov, mu = a_mat @ a_mat.T + 0.1 * torch.eye(3, dtype=torch.float64), torch.tensor([0.5, -1.0, 2.0])
+    den = GaussianDenoiser(mu, cov, VPSchedule("cosine"))
+    t = torch.tensor(0.6)
+    a, s = float(den.schedule.alpha(t)), float(den.schedule.sigma(t))
+    x = torch.randn(4, 3, generator=g)
+    # E[x0 | x_t] = mu + a C (a^2 C + s^2 I)^-1 (x_t - a mu)
+    gain = a * cov @ torch.linalg.inv(a * a * cov + s * s * torch.eye(3, dtype=torch.float64))
+    expected = mu.double() + (x.double() - a * mu.double()) @ gain.T
+    assert torch.allclose(den(x, t).double(), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="cov must be"):
+        GaussianDenoiser(torch.zeros(2), torch.eye(3))
 
 
 def test_module_denoiser_time_conventions():

@@ -156,7 +156,12 @@ def straighten(
     (t_a - t_b)^2`` (for rectified flow ``|v(x_a, t_a) - (x_b - x_a) / (t_b - t_a)|^2``), Adam. Returns the losses.
     """
     steps_grid, reference = check_grid(steps_grid), check_grid(reference)
-    index = [int(torch.nonzero(torch.isclose(reference, t), as_tuple=False)[0, 0]) for t in steps_grid]
+    index = []
+    for t in steps_grid:
+        hits = torch.nonzero(torch.isclose(reference, t), as_tuple=False)
+        if len(hits) == 0:
+            raise ValueError(f"steps_grid must be a sub-grid of the reference grid; {float(t):g} is not in it")
+        index.append(int(hits[0, 0]))
     gen = torch.Generator().manual_seed(seed)
     noise = noise_sampler(pairs, gen)
     with torch.no_grad():
