@@ -192,3 +192,30 @@ def test_coded_training_rejects_bad_specs_before_any_process_starts():
     delays[2, :2] = 1.0
     with pytest.raises(ValueError, match=r"round 2: stragglers \[0, 1\] are not tolerated"):
         run_coded_training(CodedTrainingSpec("gc", (1,), jobs, delays, strict=True), n)
+
+
+@pytest.mark.parametrize(
+    ("make", "bwl"),
+    [
+        (lambda: SequentialGradientCoder(4, 2, 3, 1), (2, 3, 1)),
+        (lambda: SequentialGradientCoder(5, 1, 3, 2), (1, 3, 2)),
+        (lambda: SequentialGradientCoder(5, 2, 4, 3), (2, 4, 3)),
+        (lambda: SelectiveRepeatCoder(5, 1, 3, 2), (1, 3, 2)),
+        (lambda: SelectiveRepeatCoder(5, 2, 5, 3), (2, 5, 3)),
+    ],
+)
+def test_every_conforming_bursty_trace_decodes_without_waiting(make, bwl):
+    """The schemes' guarantee: a trace obeying the (B, W, lambda) model never forces a wait and every job decodes."""
+    coder, gen, checked = make(), torch.Generator().manual_seed(11), 0
+    while checked < 25:
+        trace = gilbert_elliott_trace(coder.n, 16, 0.12, 0.45, gen)
+        if not trace.any() or not conforms(trace, *bwl):
+            continue
+        checked += 1
+        jobs = 16 - coder.delay
+        coder.reset(jobs)
+        for r in range(16):
+            coder.check_pattern(trace[r])
+            assert not coder.finish_round(trace[r])[trace[r]].any()
+            job = coder.decodable_job(r)
+            assert job is None or coder.is_decodable(job)
