@@ -380,6 +380,9 @@ _ENTRIES: tuple[Paper, ...] = (
         "diffusion",
         "thrifty.diffusion.sampling.any_size:AnySizeDiffusion",
         methods=("fstd", "arad"),
+        status="partial",
+        note="FSTD tiling (random offsets reset every 4 steps) with fixed and blended-overlap baselines, seam energy; "
+        "claim on a Gaussian random field; ARAD (aspect-ratio fine-tuning of a text-to-image model) not implemented",
     ),
     _p(
         "autodiffusion",
@@ -388,6 +391,9 @@ _ENTRIES: tuple[Paper, ...] = (
         "2309.10438",
         "diffusion",
         "thrifty.diffusion.sampling.autodiffusion:AutoDiffusionSearch",
+        status="implemented",
+        note="evolutionary time-step search with FID-proxy fitness (official EA defaults); per-step block skipping "
+        "(SkipPlanDenoiser, search_skips) not in the claim",
     ),
     _p(
         "boss",
@@ -395,6 +401,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "2312.16414",
         "diffusion",
         "thrifty.diffusion.sampling.boss:BellmanStepSizes",
+        status="implemented",
+        note="Bellman DP over a 100-step reference grid and the straightening fine-tune (full, no LoRA)",
     ),
     _p(
         "concept_arithmetics",
