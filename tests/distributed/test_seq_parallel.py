@@ -5,6 +5,7 @@ import torch.distributed as dist
 from thrifty.distributed import spawn
 from thrifty.distributed.seq_parallel import (
     RingSelfAttention,
+    demo,
     gather_sequence,
     reference_attention,
     ring_attention,
@@ -45,12 +46,13 @@ def _ring_checks(rank: int, world: int) -> dict[str, float | str]:
         out["module"] = _module_matches(rank, world)
         out["indivisible"] = _shard_indivisible()
         out["unequal"] = _unequal_shards(rank)
+        out["demo"] = demo(32, heads=2, head_dim=4)["max_abs_diff"]
     return out
 
 
 def test_ring_attention_matches_single_process_on_two_processes():
     for result in spawn(_ring_checks, 2):
-        assert max(result[k] for k in ("causal", "one_process_group", "non_causal", "module")) < 1e-12, result
+        assert max(result[k] for k in ("causal", "one_process_group", "non_causal", "module", "demo")) < 1e-12, result
         assert "not divisible by the world size 2" in result["indivisible"]
         assert "same shape" in result["unequal"]
 
