@@ -65,6 +65,40 @@ def _save_panels(ctx: ClaimContext, name: str, panels: dict[str, Tensor], kind: 
     return str(path)
 
 
+def _plot_vs_steps(ctx: ClaimContext, name: str, series: list[Series], xlabel: str = "steps") -> str | None:
+    """Quality against steps, one panel per metric, seed mean with min-max band; single points drawn as markers.
+    Saved as ``<out_dir>/<name>.png``; None without an output folder."""
+    if ctx.out_dir is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(dict.fromkeys(s.metric for s in series))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for s in series:
+            if s.metric != metric or not s.values:
+                continue
+            vals = torch.tensor(s.values, dtype=torch.float64)
+            x = s.steps[0]
+            mean = vals.mean(0)
+            (line,) = ax.plot(x, mean, marker="o" if len(x) == 1 else ".", label=f"{s.label} (n={len(s.values)})")
+            if len(s.values) > 1 and len(x) > 1:
+                ax.fill_between(x, vals.min(0).values, vals.max(0).values, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    Path(ctx.out_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(ctx.out_dir) / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values)
 
@@ -175,6 +209,7 @@ def boss_claim(ctx: ClaimContext) -> ClaimOutcome:
             metrics[f"{sub.name}_{g}_K{BOSS_STEPS}"] = v
         checks.append((sub.name, m["boss"] < m["uniform"] and m["boss"] < m["edm"], m["straightened"] < m["boss"], m))
         details[f"{sub.name}_bellman_grids_K{BOSS_STEPS}"] = grids_seen
+    details["quality_vs_steps_png"] = _plot_vs_steps(ctx, "boss_quality_vs_steps", series)
     held = all(beats and improves for _, beats, improves, _ in checks)
     summary = "; ".join(
         f"{name} {substrates[i].metric_name} at K={BOSS_STEPS}: uniform {m['uniform']:.3g}, EDM {m['edm']:.3g}, "
@@ -305,6 +340,12 @@ def autodiffusion_claim(ctx: ClaimContext) -> ClaimOutcome:
         s = _mean(per_seed[f"{sub.name}_searched_K{AUTODIFF_STEPS}"])
         metrics[f"{sub.name}_uniform_K{AUTODIFF_STEPS}"], metrics[f"{sub.name}_searched_K{AUTODIFF_STEPS}"] = u, s
         checks[sub.name] = s < u
+    details["quality_vs_steps_png"] = _plot_vs_steps(
+        ctx, "autodiffusion_quality_vs_steps", [x for x in series if x.metric != "fitness"]
+    )
+    details["search_history_png"] = _plot_vs_steps(
+        ctx, "autodiffusion_search_history", [x for x in series if x.metric == "fitness"], "epoch"
+    )
     held_all = all(checks.values())
     summary = "; ".join(
         f"{sub.name} held-out {sub.metric_name} at K={AUTODIFF_STEPS}: uniform "
@@ -418,6 +459,9 @@ def any_size_claim(ctx: ClaimContext) -> ClaimOutcome:
             details["samples_png"] = _save_panels(
                 ctx, "any_size_canvases", {k: v[:4] for k, v in shown.items()}, "images"
             )
+    details["quality_vs_steps_png"] = _plot_vs_steps(
+        ctx, "any_size_vs_steps", [*seam.values(), *evals.values(), *patch.values()]
+    )
     # per step count, seed means
     seam_fixed = [_mean([v[j] for v in seam["fixed"].values]) for j in range(len(steps_list))]
     seam_fstd = [_mean([v[j] for v in seam["fstd"].values]) for j in range(len(steps_list))]
