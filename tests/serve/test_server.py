@@ -90,6 +90,8 @@ def test_models_and_health(served, client):
     assert [m.id for m in client.models.list().data] == [NAME]
     r = httpx.get(served[1] + "/health")
     assert r.status_code == 200 and r.json() == {"status": "ok"}
+    for r in (httpx.get(served[1] + "/v1/nope"), httpx.get(served[1] + "/v1/completions")):
+        assert r.status_code in (404, 405) and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_completion_matches_the_greedy_reference(served, client):
@@ -291,3 +293,15 @@ def test_thrifty_serve_builds_its_engine_from_a_local_checkpoint(tmp_path):
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
     assert main(["serve", "--model", str(tmp_path), "--scheduler", "nope"]) == 2
     assert main(["serve", "--model", str(tmp_path), "--budget", "0"]) == 2
+
+
+def test_disconnect_while_waiting_for_a_non_streaming_answer_aborts(served, slow_steps):
+    engine, url = served[0], served[1]
+    bm = engine.engine.scheduler.block_manager
+    assert wait_for(lambda: not engine.engine.has_unfinished())
+    baseline, aborted = bm.num_used_blocks, scrape(url)["thrifty_requests_aborted_total"]
+    body = {"model": NAME, "prompt": "def h():\n", "max_tokens": 200, "temperature": 0, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.3))
+    assert wait_for(lambda: bm.num_used_blocks == baseline and not engine.engine.scheduler.requests)
+    assert wait_for(lambda: scrape(url)["thrifty_requests_aborted_total"] == aborted + 1)
