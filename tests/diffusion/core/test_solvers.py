@@ -11,6 +11,7 @@ from thrifty.diffusion.core.solvers import (
     ClassifierFreeGuidance,
     DPMSolverPP2M,
     Euler,
+    Heun,
     Stochastic,
     check_grid,
     edm_grid,
@@ -113,6 +114,15 @@ def test_euler_and_stochastic_accept_one_time_per_sample():
             c = eta * s_n * (1 - ((a * s_n) / (a_n * s)) ** 2).clamp_min(0).sqrt()
             rows.append(a_n * pred.x0 + (s_n**2 - c**2).sqrt() * pred.eps + c * z[i : i + 1])
         assert torch.allclose(batched, torch.cat(rows), atol=1e-5), type(solver).__name__
+
+
+@torch.no_grad()
+def test_heun_accepts_one_time_per_sample():
+    den = eight_gaussians().denoiser()
+    x, t, t_next = torch.randn(4, 2), torch.tensor([0.9, 0.7, 0.5, 0.3]), torch.tensor([0.6, 0.4, 0.2, 0.1])
+    batched = Heun().step(den, x, t, t_next)
+    rows = [Heun().step(den, x[i : i + 1], t[i], t_next[i]) for i in range(4)]
+    assert torch.allclose(batched, torch.cat(rows), atol=1e-6)
 
 
 def test_classifier_free_guidance_combines_two_calls():

@@ -164,7 +164,10 @@ class Euler(Solver):
 
 
 class Heun(Solver):
-    """Heun's second-order method on ``dx/dt``; Euler on a final step to t = 0 (as EDM's sampler)."""
+    """Heun's second-order method on ``dx/dt``; Euler on a final step to t = 0 (as EDM's sampler).
+
+    Accepts one time per sample (``(B,)`` tensors); the Euler-only final step applies when every ``t'`` is 0.
+    """
 
     order = 2
 
@@ -173,11 +176,12 @@ class Heun(Solver):
 
     def step(self, denoiser, x, t, t_next, cond=None, generator=None):
         d = denoiser.predict(x, t, cond).velocity
-        x_euler = x + (t_next - t) * d
-        if float(t_next.detach()) <= 0:
+        dt = _expand(as_time(t_next, x) - as_time(t, x), x)
+        x_euler = x + dt * d
+        if bool((as_time(t_next).detach() <= 0).all()):
             return x_euler
         d_next = denoiser.predict(x_euler, t_next, cond).velocity
-        return x + (t_next - t) * (d + d_next) / 2
+        return x + dt * (d + d_next) / 2
 
 
 class DPMSolverPP2M(Solver):
