@@ -242,7 +242,12 @@ def search_skips(
     seed: int = 0,
 ) -> tuple[list[tuple[int, ...]], float]:
     """Evolve a skip plan (one subset of ``blocks`` per step of ``grid``) whose mean skipped fraction is at most
-    ``max_skip_fraction``; returns the best plan and its fitness (the empty plan competes as well)."""
+    ``max_skip_fraction``; returns the best plan and its fitness (the empty plan competes as well).
+
+    The initial population is the empty plan and random plans (each gene skipped with probability
+    ``max_skip_fraction``); each epoch mutates the ``select_num`` best plans found so far (gene flips with probability
+    ``m_prob``) into ``population`` children, illegal ones discarded.
+    """
     grid = check_grid(grid)
     steps, nb = grid.numel() - 1, len(blocks)
     rng = random.Random(seed)
@@ -259,7 +264,8 @@ def search_skips(
         return sum(len(p) for p in plan) <= max_skip_fraction * steps * nb
 
     def mutate(plan: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
-        return tuple(tuple(j for j in range(nb) if (j in p) != (rng.random() < m_prob / nb * 2)) for p in plan)
+        # each (step, block) gene flips between kept and skipped with probability m_prob
+        return tuple(tuple(j for j in range(nb) if (j in p) != (rng.random() < m_prob)) for p in plan)
 
     def random_plan() -> tuple[tuple[int, ...], ...]:
         return tuple(tuple(j for j in range(nb) if rng.random() < max_skip_fraction) for _ in range(steps))

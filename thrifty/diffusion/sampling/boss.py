@@ -76,9 +76,7 @@ def bellman_cost_matrix(
         for i, xi in enumerate(xs):
             trajectory[i].append(xi)
     cost /= len(noise)
-    cost += (
-        torch.triu(torch.ones(n, n, dtype=torch.bool), 1).logical_not().double().mul(math.inf).nan_to_num(0, math.inf)
-    )
+    cost.masked_fill_(~torch.triu(torch.ones(n, n, dtype=torch.bool), 1), math.inf)
     return cost, [torch.cat(parts) for parts in trajectory]
 
 
