@@ -537,8 +537,15 @@ def _inlier_swd(x: Tensor, ref: Tensor, seed: int) -> float:
 def improved_lct_claim(ctx: ClaimContext) -> ClaimOutcome:
     iterations, s1 = ILCT_SCALES[ctx.scale]
     gm, n_eval = eight_gaussians(), EVAL_SAMPLES[ctx.scale]
-    arms = {"pseudo-Huber": "pseudo_huber", "Cauchy": "cauchy"}
-    advance = ctx.track("consistency training, 2 losses", len(ctx.seeds) * len(arms) * iterations)
+    # judged: the loss alone, everything else iCT's (c = 0.00054 sqrt(d), no diffusion loss, no OT); reported: the
+    # paper's full recipe (Cauchy + early diffusion loss + OT coupling + adaptive c), added after the judged run
+    plain = {"c": None, "diffusion_weight": 0.0, "ot": False}
+    arms = {
+        "pseudo-Huber": {"loss": "pseudo_huber", **plain},
+        "Cauchy": {"loss": "cauchy", **plain},
+        "full iLCT (reported)": {"loss": "cauchy", "c": "adaptive", "diffusion_weight": 1.0, "ot": True},
+    }
+    advance = ctx.track("consistency training, 3 arms", len(ctx.seeds) * len(arms) * iterations)
     per: dict[str, list[float]] = {f"{a} {k}-step": [] for a in arms for k in (1, 2)}
     series = {a: Series(label=a, metric="inlier SWD vs sampling steps") for a in arms}
     panels: dict[str, Tensor] = {}
@@ -547,18 +554,9 @@ def improved_lct_claim(ctx: ClaimContext) -> ClaimOutcome:
         gen = torch.Generator().manual_seed(seed)
         data = [contaminated(gm, 256, gen) for _ in range(64)]
         z, ref = _noise(n_eval, seed), _reference(gm, n_eval, seed)
-        for arm, loss in arms.items():
+        for arm, options in arms.items():
             student = _flow(128, 3, 3000 + seed)
-            lct = ImprovedLCT(
-                student,
-                iterations,
-                loss=loss,
-                c=None,
-                diffusion_weight=0.0,
-                ot=False,
-                s1=s1,
-                generator=torch.Generator().manual_seed(seed),
-            )
+            lct = ImprovedLCT(student, iterations, s1=s1, generator=torch.Generator().manual_seed(seed), **options)
             lct.fit(data, iterations, on_step=lambda s, v: advance(1))
             values, seconds = [], []
             for k in SAMPLING_STEPS:
@@ -578,7 +576,9 @@ def improved_lct_claim(ctx: ClaimContext) -> ClaimOutcome:
     summary = (
         f"inlier SWD with {OUTLIER_FRACTION:.0%} Student-t({OUTLIER_DF}) outliers: Cauchy 1-step "
         f"{m['Cauchy 1-step']:.3f} vs pseudo-Huber {m['pseudo-Huber 1-step']:.3f}; 2-step {m['Cauchy 2-step']:.3f} vs "
-        f"{m['pseudo-Huber 2-step']:.3f} (mean over {len(ctx.seeds)} seeds)"
+        f"{m['pseudo-Huber 2-step']:.3f} (mean over {len(ctx.seeds)} seeds, both with iCT's c); reported: full iLCT "
+        f"(Cauchy, adaptive c, early diffusion loss, OT) {m['full iLCT (reported) 1-step']:.3f} / "
+        f"{m['full iLCT (reported) 2-step']:.3f}"
     )
     return ClaimOutcome(
         HELD if wins else NOT_HELD,
@@ -591,9 +591,12 @@ def improved_lct_claim(ctx: ClaimContext) -> ClaimOutcome:
             f"outliers (scale {OUTLIER_SCALE}); inlier SWD = SWD of the samples within radius {INLIER_RADIUS} to "
             "clean mixture samples",
             "training": f"iCT consistency training (no teacher), {iterations} iterations, curriculum s0 10 -> s1 {s1}, "
-            "lognormal levels, c = 0.00054 sqrt(d) for both losses; only the loss differs (the first rung of the "
-            "paper's ablation ladder)",
-            "students": "TimeMLP 2-128x3, same initialisation in both arms; sampling: consistency multistep (gamma 1)",
+            "lognormal levels, c = 0.00054 sqrt(d) for both judged losses; only the loss differs (the first rung of "
+            "the paper's ablation ladder)",
+            "full iLCT": "reported, not judged: Cauchy with adaptive c (median TD residual), diffusion loss on t <= "
+            "0.2 (weight 1), minibatch OT coupling; added after the judged run showed the Cauchy loss with iCT's tiny "
+            "c losing (its 1/r gradient then favours the smallest residuals, weighted up by 1/(sigma_{i+1}-sigma_i))",
+            "students": "TimeMLP 2-128x3, same initialisation in every arm; sampling: consistency multistep (gamma 1)",
             "samples": _save_scatter(ctx, "improved_lct", panels, lim=6.0),
         },
     )
