@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -138,3 +139,29 @@ def test_bound_and_missing_process_group():
         MoNNA(_model().parameters(), lr=0.1, f=0)
     with pytest.raises(ValueError, match="aggregator must be one of"):
         MoNNA(_model().parameters(), lr=0.1, f=0, aggregator="krum")
+
+
+def test_one_peer_is_dampened_momentum_sgd_with_coupled_weight_decay():
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model, reference = _model(), _model()
+        frozen = nn.Parameter(torch.ones(2))  # no gradient: skips the local step, still mixed
+        opt = MoNNA([*model.parameters(), frozen], lr=0.1, f=0, momentum=0.9, dampening=0.5, weight_decay=0.01)
+        bufs = [torch.zeros_like(p) for p in reference.parameters()]
+        x, y = _data(0)
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            reference.zero_grad()
+            F.cross_entropy(reference(x), y).backward()
+            with torch.no_grad():
+                for p, b in zip(reference.parameters(), bufs, strict=True):
+                    b.mul_(0.9).add_(p.grad + 0.01 * p, alpha=0.5)
+                    p.sub_(0.1 * b)
+        for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p, q)
+        assert torch.equal(frozen, torch.ones(2))
+        assert set(opt.state_dict()["state"]) == {0, 1}  # momentum buffers for the two trained tensors only
+    finally:
+        dist.destroy_process_group()

@@ -31,7 +31,13 @@ import torch
 from torch import Tensor
 
 from thrifty.distributed.aggregators import AGGREGATORS, nna_many
-from thrifty.distributed.monna import _group_size, agree_on_settings, check_byzantine_bound, exchange, protocol_settings
+from thrifty.distributed.monna import (
+    agree_on_settings,
+    check_byzantine_bound,
+    exchange,
+    protocol_settings,
+    rank_and_size,
+)
 
 __all__ = [
     "ALIE",
@@ -238,7 +244,7 @@ class ByzantinePeer:
         group: Any = None,
         rushing: bool = False,
     ):
-        rank, world_size = _group_size(group)
+        rank, world_size = rank_and_size(group)
         check_byzantine_bound(f, world_size)
         byzantine = sorted(set(byzantine_ranks))
         if rank not in byzantine or not all(0 <= r < world_size for r in byzantine):
@@ -264,11 +270,6 @@ class ByzantinePeer:
         ).to(self._honest_models.dtype)
         self._honest_models = exchange(vector, self.group)[self.honest_ranks]
         return vector
-
-    @property
-    def honest_models(self) -> Tensor:
-        """The honest models received at the last step ``(h, d)`` (the initial model before the first step)."""
-        return self._honest_models
 
     def __repr__(self) -> str:
         return f"ByzantinePeer({self.attack!r}, f={self.f}, aggregator={self.aggregator!r}, rushing={self.rushing})"

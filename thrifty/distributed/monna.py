@@ -42,7 +42,7 @@ from torch import Tensor
 from thrifty.distributed.aggregators import AGGREGATORS
 from thrifty.optim._core import check_range
 
-__all__ = ["MoNNA", "agree_on_settings", "check_byzantine_bound", "exchange", "protocol_settings"]
+__all__ = ["MoNNA", "agree_on_settings", "check_byzantine_bound", "exchange", "protocol_settings", "rank_and_size"]
 
 
 def check_byzantine_bound(f: int, world_size: int) -> None:
@@ -56,7 +56,8 @@ def check_byzantine_bound(f: int, world_size: int) -> None:
         )
 
 
-def _group_size(group: Any) -> tuple[int, int]:
+def rank_and_size(group: Any) -> tuple[int, int]:
+    """``(rank, world size)`` in ``group``; a clear ``RuntimeError`` when no process group is initialized."""
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(
             "torch.distributed is not initialized: start the peers with torchrun and call "
@@ -85,7 +86,7 @@ def agree_on_settings(settings: dict[str, Any], group: Any, device: torch.device
     """All-gather a 63-bit digest of ``settings``; raise ``ValueError`` on every rank if any rank differs."""
     blob = json.dumps(settings, sort_keys=True).encode()
     digest = int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
-    _, world_size = _group_size(group)
+    _, world_size = rank_and_size(group)
     mine = torch.tensor([digest], dtype=torch.int64, device=device)
     everyone = torch.empty(world_size, dtype=torch.int64, device=device)
     _all_gather_tensor(everyone, mine, group=group)
@@ -99,7 +100,7 @@ def agree_on_settings(settings: dict[str, Any], group: Any, device: torch.device
 
 def exchange(vector: Tensor, group: Any) -> Tensor:
     """All-gather every peer's flat ``vector``: returns ``(n, d)`` rows in group-rank order."""
-    _, world_size = _group_size(group)
+    _, world_size = rank_and_size(group)
     received = vector.new_empty(world_size * vector.numel())
     _all_gather_tensor(received, vector.reshape(-1), group=group)
     return received.view(world_size, -1)
@@ -138,7 +139,7 @@ class MoNNA(torch.optim.Optimizer):
             raise ValueError(f"aggregator must be one of {', '.join(AGGREGATORS)}, got {aggregator!r}")
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay}
         super().__init__(params, defaults)
-        rank, world_size = _group_size(group)
+        rank, world_size = rank_and_size(group)
         check_byzantine_bound(f, world_size)
         flat = self._params()
         dtypes = {p.dtype for p in flat}

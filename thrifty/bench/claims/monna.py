@@ -36,7 +36,7 @@ from thrifty.distributed.monna import MoNNA
 # peers n, Byzantine f, steps, evaluation period, attacks
 MONNA_SCALES: dict[str, tuple[int, int, int, int, tuple[str, ...]]] = {
     "smoke": (4, 1, 30, 10, ("sign_flip", "large_norm")),
-    "quick": (10, 2, 300, 25, ("sign_flip", "large_norm", "mimic", "alie", "foe")),
+    "quick": (10, 2, 200, 20, ("sign_flip", "large_norm", "mimic", "alie", "foe")),
     "full": (26, 5, 600, 25, ("sign_flip", "large_norm", "mimic", "alie", "foe")),
 }
 MONNA_ALPHA = 1.0  # Dirichlet heterogeneity of the honest splits (official runs: 1 and 5)
@@ -48,6 +48,7 @@ MONNA_HIDDEN = 32
 MONNA_TOLERANCE = 5.0  # points of accuracy MoNNA may lose to the attack-free run under any attack
 MONNA_COLLAPSE = 50.0  # averaging "collapses" when its final accuracy (%) falls below this (chance: 10%)
 METHODS = {"MoNNA": "nna", "D-SGD": "mean"}
+MONNA_THREADS = 11  # configurations run at once per process (more threads only add lock contention)
 
 
 def _factory() -> nn.Module:
@@ -106,9 +107,10 @@ def _run(
 
 
 def _peer(rank: int, world_size: int, scale: str, seeds: list[int]) -> dict[str, list[dict[str, list[float]]]]:
-    """Every configuration of every seed, concurrently: one thread and one process group per configuration (the
-    same groups created in the same order on every rank), so that collective latency overlaps across runs on a
-    crowded CPU. Returns this rank's curves by configuration, in seed order."""
+    """Every configuration of every seed, up to ``MONNA_THREADS`` at once: one thread and one process group per
+    configuration (the same groups created and the jobs queued in the same order on every rank, so the earliest
+    unfinished job always runs everywhere and nothing deadlocks), so that collective latency overlaps across runs
+    on a crowded CPU. Returns this rank's curves by configuration, in seed order."""
     n, f, steps, every, attacks = MONNA_SCALES[scale]
     honest = n - f
     jobs = []  # (key, seed, Byzantine f, aggregator, attack, ranks taking part)
@@ -118,7 +120,7 @@ def _peer(rank: int, world_size: int, scale: str, seeds: list[int]) -> dict[str,
     groups = [dist.new_group(list(range(size))) for *_, size in jobs]
     # models are built here, not in the threads: build_seeded's meta-device context is not meant to be shared
     models = [build_seeded(_factory, torch.Generator().manual_seed(seed)) for _, seed, *_ in jobs]
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=MONNA_THREADS) as pool:
         futures = [
             pool.submit(_run, rank, model, seed, steps, every, bad, honest, aggregator, attack, group)
             for (_, seed, bad, aggregator, attack, size), model, group in zip(jobs, models, groups, strict=True)
