@@ -421,7 +421,7 @@ def _parser() -> argparse.ArgumentParser:
         "specs",
         nargs="*",
         metavar="NAME[:VARIANT]",
-        help="optimizers, e.g. soap sgd_sai:single adamw:fused (variants: fused, foreach, single)",
+        help="optimizers, e.g. soap sgd_sai:single adamw:fused (variants: fused, foreach, single, reference)",
     )
     p.add_argument(
         "--model",

@@ -259,3 +259,81 @@ def test_learns_a_regression():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05 * first
+
+
+# fused=True compiles one kernel per shape of whole blocks: both 8-bit shapes below have 16 whole blocks
+# (4096 elements), the second plus a partial block of 100 that runs eagerly, so the tests compile once.
+COMPILED_SHAPES = [(64, 64), (4196,), (9,)]
+
+
+def _make(shapes, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+
+
+def _scaled_grads(params, step):
+    g = torch.Generator().manual_seed(100 + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * 10.0 ** (step % 5 - 2)
+
+
+def _assert_same(opt_a, params_a, opt_b, params_b):
+    for x, y in zip(params_a, params_b, strict=True):
+        assert torch.equal(x, y)
+        for key, value in opt_a.state[x].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_b.state[y][key])), key
+
+
+@pytest.mark.parametrize(("cls", "kwargs"), [(AdamW8bit, {"lr": 1e-2}), (Adam8bit, {"lr": 3e-3, "betas": (0.8, 0.95)})])
+def test_compiled_path_bit_identical_to_eager(cls, kwargs):
+    """25 steps with gradients over five orders of magnitude: parameters, codes and maxima equal bit for bit."""
+    from thrifty.optim._lowbit import _COMPILED
+
+    compiled, eager = _make(COMPILED_SHAPES, 0), _make(COMPILED_SHAPES, 0)
+    a, b = cls(compiled, fused=True, **kwargs), cls(eager, fused=False, **kwargs)
+    for step in range(25):
+        _scaled_grads(compiled, step)
+        _scaled_grads(eager, step)
+        a.step()
+        b.step()
+        _assert_same(a, compiled, b, eager)
+    assert a.state[compiled[1]]["absmax1"].numel() == 17 and a.state[compiled[2]]["state1"].dtype == torch.float32
+    assert _COMPILED.compile_seconds is not None and not _COMPILED.eager
+
+
+def test_state_dict_round_trip_across_paths():
+    """A checkpoint of the compiled path resumes on the eager path and back, bit for bit."""
+    params = _make(COMPILED_SHAPES, 1)
+    opt = AdamW8bit(params, lr=1e-2, fused=True)
+    for step in range(3):
+        _scaled_grads(params, step)
+        opt.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    resumed = {}
+    for fused in (False, True):
+        clone = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        resumed[fused] = (AdamW8bit(clone, lr=1e-2, fused=fused), clone)
+        buffer.seek(0)
+        resumed[fused][0].load_state_dict(torch.load(buffer))
+    for step in range(3, 6):
+        for o, ps in [(opt, params), *resumed.values()]:
+            _scaled_grads(ps, step)
+            o.step()
+    for o, ps in resumed.values():
+        _assert_same(opt, params, o, ps)
+
+
+def test_compiled_path_skips_non_finite_steps():
+    params = _make(COMPILED_SHAPES, 2)
+    opt = AdamW8bit(params, fused=True)
+    _scaled_grads(params, 0)
+    opt.step()
+    before = [p.detach().clone() for p in params]
+    state = {k: torch.as_tensor(v).clone() for k, v in opt.state[params[1]].items()}
+    _scaled_grads(params, 1)
+    params[1].grad[4100] = math.nan
+    with pytest.warns(RuntimeWarning, match="skipped this step"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    assert all(torch.equal(torch.as_tensor(v), state[k]) for k, v in opt.state[params[1]].items())

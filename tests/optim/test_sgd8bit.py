@@ -121,3 +121,23 @@ def test_non_finite_gradient_skips_step():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SGD8bit([torch.zeros(3, requires_grad=True)], **kwargs)
+
+
+def test_compiled_path_bit_identical_to_eager():
+    """fused=True (one compile: 16 whole blocks, then a partial block run eagerly) equals the reference."""
+    shapes = [(64, 64), (4196,), (9,)]
+    g = torch.Generator().manual_seed(0)
+    compiled = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    eager = [torch.nn.Parameter(p.detach().clone()) for p in compiled]
+    kwargs = dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01)
+    a, b = SGD8bit(compiled, fused=True, **kwargs), SGD8bit(eager, fused=False, **kwargs)
+    for step in range(20):
+        _grads(compiled, step)
+        _grads(eager, step)
+        a.step()
+        b.step()
+        for x, y in zip(compiled, eager, strict=True):
+            assert torch.equal(x, y)
+            assert torch.equal(a.state[x]["state1"], b.state[y]["state1"])
+            if "absmax1" in a.state[x]:
+                assert torch.equal(a.state[x]["absmax1"], b.state[y]["absmax1"])

@@ -28,18 +28,33 @@ _MLPS: dict[str, tuple[int, ...]] = {
 }
 MODELS = (*_MLPS, "charlm")
 
-DEFAULT_SPECS = ("adamw:fused", "adamw:foreach", "adamw:single", "soap", "sgd_sai:single", "sgd_sai:foreach",
-                 "sgd_sai:fused", "diffgrad:single", "diffgrad:foreach", "diffgrad:fused")
+DEFAULT_SPECS = (
+    "adamw:fused",
+    "adamw:foreach",
+    "adamw:single",
+    "soap",
+    "sgd_sai:single",
+    "sgd_sai:foreach",
+    "sgd_sai:fused",
+    "diffgrad:single",
+    "diffgrad:foreach",
+    "diffgrad:fused",
+)
 
 _VARIANTS: dict[str, dict[str, Any]] = {
     "fused": {"fused": True},
     "foreach": {"foreach": True},
     "single": {"foreach": False},
+    "reference": {"fused": False},
 }
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name[:variant]"`` -> (optimizer name, constructor kwargs); variants: fused, foreach, single."""
+    """``"name[:variant]"`` -> (optimizer name, constructor kwargs); variants: fused, foreach, single, reference.
+
+    ``reference`` is ``fused=False``: the whole-tensor reference path of the 8-bit optimizers, whose
+    default (no variant) is their chunked eager path and ``fused`` their compiled kernels.
+    """
     name, _, variant = spec.partition(":")
     get_optimizer_class(name)
     if variant and variant not in _VARIANTS:
@@ -127,13 +142,15 @@ def measure_speed(
     results = []
     for spec, opt in optimizers.items():
         nbytes = state_bytes(opt)
-        results.append(SpeedResult(
-            spec=spec,
-            median_ms=medians[spec],
-            mean_ms=statistics.fmean(times[spec]),
-            first_step_ms=first[spec],
-            state_bytes=nbytes,
-            ratio_vs={b: medians[spec] / medians[b] for b in baselines},
-            state_ratio_vs_adamw=nbytes / adamw_bytes if adamw_bytes else None,
-        ))
+        results.append(
+            SpeedResult(
+                spec=spec,
+                median_ms=medians[spec],
+                mean_ms=statistics.fmean(times[spec]),
+                first_step_ms=first[spec],
+                state_bytes=nbytes,
+                ratio_vs={b: medians[spec] / medians[b] for b in baselines},
+                state_ratio_vs_adamw=nbytes / adamw_bytes if adamw_bytes else None,
+            )
+        )
     return results

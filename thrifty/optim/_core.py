@@ -130,32 +130,61 @@ class CompiledUpdate:
     a single generated loop instead of a dozen eager passes. Hyperparameters arrive as one tensor
     so that a changing learning rate never triggers a recompile. If compilation fails (no
     C++ compiler, an unsupported backend), a warning is issued and the same function runs eagerly.
-    ``compile_seconds`` records how long the first (compiling) call took.
+
+    ``dynamic=True`` compiles one kernel for every shape; ``dynamic=False`` compiles one per
+    distinct signature (argument shapes, dtypes and plain values), which lets the compiler fix
+    loop bounds and block strides, and lifts dynamo's recompile limit for it. ``compile_seconds``
+    sums the time of the calls that compiled (the first call of each signature).
     """
 
-    def __init__(self, fn: Callable[..., None]) -> None:
+    def __init__(self, fn: Callable[..., None], *, dynamic: bool = True, max_signatures: int = 64) -> None:
         self.fn = fn
+        self.dynamic = dynamic
+        self.max_signatures = max_signatures
         self._compiled: Callable[..., None] | None = None
+        self._signatures: set[tuple[Any, ...]] = set()
         self.eager = False
         self.compile_seconds: float | None = None
+
+    def _signature(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        if self.dynamic:
+            return ()
+        items = []
+        for arg in args:
+            for a in arg if isinstance(arg, (list, tuple)) else (arg,):
+                items.append((tuple(a.shape), a.dtype, a.device) if isinstance(a, Tensor) else a)
+        return tuple(items)
 
     def __call__(self, *args: Any) -> None:
         if self.eager:
             self.fn(*args)
             return
         if self._compiled is None:
-            self._compiled = torch.compile(self.fn, dynamic=True, fullgraph=True)
-            start = time.perf_counter()
-            try:
-                self._compiled(*args)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
-                warnings.warn(f"torch.compile of {self.fn.__name__} failed ({exc!r}); using the eager update",
-                              RuntimeWarning, stacklevel=3)
-                self.eager = True
-                self.fn(*args)
-            self.compile_seconds = time.perf_counter() - start
+            self._compiled = torch.compile(self.fn, dynamic=self.dynamic, fullgraph=True)
+        signature = self._signature(args)
+        if signature in self._signatures:
+            self._run(args)
             return
-        self._compiled(*args)
+        start = time.perf_counter()
+        try:
+            self._run(args)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure falls back to eager
+            warnings.warn(
+                f"torch.compile of {self.fn.__name__} failed ({exc!r}); using the eager update",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.eager = True
+            self.fn(*args)
+        self._signatures.add(signature)
+        self.compile_seconds = (self.compile_seconds or 0.0) + time.perf_counter() - start
+
+    def _run(self, args: tuple[Any, ...]) -> None:
+        if self.dynamic:
+            self._compiled(*args)
+            return
+        with torch._dynamo.config.patch(recompile_limit=self.max_signatures):
+            self._compiled(*args)
 
 
 def hyperparameters(values: Iterable[float], param: Tensor) -> Tensor:

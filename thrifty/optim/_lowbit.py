@@ -6,10 +6,24 @@ step dequantizes it, runs the optimizer's update in fp32 and requantizes it with
 (Dettmers et al., arXiv 2110.02861). Smaller tensors, and parameters marked with
 ``keep_32bit_state`` (``StableEmbedding`` does this for its weight), keep fp32 state.
 
-Two paths compute the same numbers: the reference path dequantizes whole tensors with the core's
-``dequantize_blockwise`` and requantizes with ``quantize_blockwise``; the fast path walks each
-tensor in chunks of whole blocks small enough to stay in cache and finds nearest codes with
-``CodeLookup`` tables, and is what ``fused=None`` (the default) picks. Tests check they agree bit for bit.
+Three paths compute the same numbers, bit for bit (tested):
+
+* ``fused=False``, the reference: dequantizes whole tensors with the core's ``dequantize_blockwise``
+  and requantizes with ``quantize_blockwise``;
+* ``fused=None`` (the default), chunked eager: walks each tensor in chunks of whole blocks small
+  enough to stay in cache and finds nearest codes with ``CodeLookup`` tables;
+* ``fused=True``, compiled: one ``torch.compile`` kernel per tensor shape views the tensor as
+  ``(blocks, block_size)`` (zero-padding a partial last block), gathers both codes from the 256-entry
+  maps, times the block maxima, runs the update in fp32, takes the new block maxima and
+  requantizes by ``CodeLookup``'s table lookup on the top 16 bits of each normalised value, writing
+  codes and maxima in place. The first step of each new shape pays the compile (seconds).
+
+Bit-identical results need every path to round alike, so the update of quantized states is a
+``_rule`` of separately rounded operations: no ``lerp``/``addcmul``/``add(alpha=)``, which ATen's
+CPU kernels compute with fused multiply-adds that compiled code does not reproduce, and a
+correctly rounded square root (eager ``torch.sqrt`` on CPU may be one ulp off; compiled code's is
+exact). States kept in 32 bit use ``_update``, torch's own operations, so they match torch's
+optimizers bit for bit.
 """
 
 from __future__ import annotations
@@ -28,11 +42,12 @@ from thrifty.compress.quant.blockwise import (
     dequantize_blockwise,
     dynamic_map,
     linear_map,
+    lookup_compact,
     quantize_blockwise,
 )
-from thrifty.optim._core import ThriftyOptimizer, check_range
+from thrifty.optim._core import CompiledUpdate, ThriftyOptimizer, check_range, hyperparameters
 
-__all__ = ["STATE_BITS_ATTR", "BlockwiseOptimizer", "keep_32bit_state"]
+__all__ = ["STATE_BITS_ATTR", "BlockwiseOptimizer", "blockwise_update", "keep_32bit_state"]
 
 STATE_BITS_ATTR = "thrifty_state_bits"
 """Parameter attribute read by the 8-bit optimizers: ``32`` keeps that parameter's state in fp32."""
@@ -108,6 +123,50 @@ def _quantize_chunk(values: Tensor, codes: Tensor, absmax: Tensor, book: _Codebo
     book.nearest(values, out=codes)
 
 
+def exact_sqrt(x: Tensor) -> Tensor:
+    """Correctly rounded fp32 square root (through fp64), as compiled code computes it."""
+    return x.double().sqrt().to(x.dtype)
+
+
+Rule = Callable[
+    [Tensor, Tensor, list[Tensor], Tensor, Callable[[Tensor], Tensor], tuple[Any, ...]], tuple[Tensor, list[Tensor]]
+]
+
+
+def blockwise_update(
+    rule: Rule,
+    options: tuple[Any, ...],
+    p: Tensor,
+    grad: Tensor,
+    codes: list[Tensor],
+    absmax: list[Tensor],
+    tables: list[tuple[Tensor, Tensor, int, int]],
+    hp: Tensor,
+    size: int,
+) -> None:
+    """One optimizer step of one flat tensor of whole blocks with quantized states, in place (for ``torch.compile``).
+
+    ``codes``/``absmax`` are the states' flat uint8 codes and block maxima, ``tables`` each state's
+    code map and ``CodeLookup.compact`` tables; ``p.numel()`` is a multiple of ``size``.
+    """
+    blocks = absmax[0].numel()
+    states = [
+        code[c.long()].view(blocks, size) * a[:, None] for c, a, (code, *_) in zip(codes, absmax, tables, strict=True)
+    ]
+    new_p, new_states = rule(
+        p.float().view(blocks, size), grad.float().view(blocks, size), states, hp, torch.sqrt, options
+    )
+    p.copy_(new_p.view(-1))
+    for x, c, a, (_, table, low, rows) in zip(new_states, codes, absmax, tables, strict=True):
+        block_max = x.abs().amax(dim=1)
+        normalized = x * torch.where(block_max > 0, block_max.reciprocal(), 0.0)[:, None]
+        c.copy_(lookup_compact(normalized, table, low, rows).view(-1))
+        a.copy_(block_max)
+
+
+_COMPILED = CompiledUpdate(blockwise_update, dynamic=False)
+
+
 class QuantizedState:
     """An 8-bit state tensor: codes of the parameter's shape and one fp32 absmax per block."""
 
@@ -141,8 +200,9 @@ class BlockwiseOptimizer(ThriftyOptimizer):
     """Base of the 8-bit optimizers: state allocation, the 32-bit rules, the finite guard, the chunk loop.
 
     Subclasses list their state buffers in ``_states`` (name, signed) and implement ``_update``,
-    which advances fp32 views of the parameter, gradient and states in place for one step; the
-    same function serves the whole-tensor reference path and every chunk of the fast path.
+    which advances fp32 views of the parameter, gradient and 32-bit states in place with torch's
+    operations, and ``_rule``/``_hyperparameters``/``_options``, the same update for quantized states
+    written once for the eager paths (whole tensor or chunks) and the compiled kernel.
 
     A step whose gradients hold a NaN or an infinity (or whose squared norm overflows fp32) is
     skipped for every parameter, with a ``RuntimeWarning``: no parameter, state or step counter
@@ -157,7 +217,6 @@ class BlockwiseOptimizer(ThriftyOptimizer):
         _check_block_size(block_size)
         if quant_map not in QUANT_MAPS:
             raise ValueError(f"quant_map must be one of {', '.join(QUANT_MAPS)}, got {quant_map!r}")
-
 
     def _is_8bit(self, p: Tensor, group: dict[str, Any]) -> bool:
         return p.numel() >= group["min_8bit_size"] and getattr(p, STATE_BITS_ATTR, 8) != 32
@@ -206,7 +265,28 @@ class BlockwiseOptimizer(ThriftyOptimizer):
                     self.state[p][key] = value.to(device=p.device, copy=True)
 
     def _update(self, group: dict[str, Any], step: int, p: Tensor, grad: Tensor, states: list[Tensor]) -> None:
+        """Advance fp32 ``p`` and 32-bit ``states`` in place with torch's operations."""
         raise NotImplementedError
+
+    @staticmethod
+    def _rule(
+        p: Tensor,
+        grad: Tensor,
+        states: list[Tensor],
+        hp: Tensor,
+        sqrt: Callable[[Tensor], Tensor],
+        options: tuple[Any, ...],
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The same update for dequantized states, out of place, one rounding per operation (eager and compiled)."""
+        raise NotImplementedError
+
+    def _hyperparameters(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
+        """The scalars ``_rule`` reads from ``hp``, computed in Python floats."""
+        raise NotImplementedError
+
+    def _options(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        """Structural options of ``_rule`` (a compiled kernel specialises on them)."""
+        return ()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -233,31 +313,76 @@ class BlockwiseOptimizer(ThriftyOptimizer):
         return loss
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], use_foreach: bool) -> None:
-        fast = group["fused"] is not False
         for p in params:
             state = self._init_state(p, group)
             state["step"] += 1
             step = state["step"]
+            quantized = self._quantized(p, group)
+            if quantized is not None and group["fused"]:
+                self._step_compiled(group, step, p, quantized)
+                continue
             grad = p.grad.reshape(-1).float()
             flat = p.detach().view(-1) if p.dtype == torch.float32 and p.is_contiguous() else p.detach().reshape(-1)
             work = flat if flat.dtype == torch.float32 else flat.float()
-            quantized = self._quantized(p, group)
             if quantized is None:
                 buffers = [state[f"state{i}"].view(-1) for i in range(1, 1 + len(self._states))]
                 self._update(group, step, work, grad, buffers)
-            elif not fast:
-                values = [q.load() for q in quantized]
-                self._update(group, step, work, grad, values)
-                for q, v in zip(quantized, values, strict=True):
-                    q.save(v)
             else:
+                hp = hyperparameters(self._hyperparameters(group, step), work)
                 size = quantized[0].size
-                chunk = max(size, CHUNK // size * size)
+                chunk = work.numel() if group["fused"] is False else max(size, CHUNK // size * size)
                 for start in range(0, work.numel(), chunk):
-                    end = min(work.numel(), start + chunk)
-                    values = [q.load_chunk(start, end) for q in quantized]
-                    self._update(group, step, work[start:end], grad[start:end], values)
-                    for q, v in zip(quantized, values, strict=True):
-                        q.save_chunk(start, v)
+                    self._step_chunk(quantized, work, grad, start, min(work.numel(), start + chunk), hp, group)
             if work.data_ptr() != p.data_ptr():
                 p.copy_(work.view_as(p))
+
+    def _step_chunk(
+        self,
+        quantized: list[QuantizedState],
+        work: Tensor,
+        grad: Tensor,
+        start: int,
+        end: int,
+        hp: Tensor,
+        group: dict[str, Any],
+    ) -> None:
+        """Eager update of elements ``start:end`` (``start`` on a block boundary) of fp32 ``work``."""
+        whole = start == 0 and end == work.numel()
+        values = [q.load() if whole else q.load_chunk(start, end) for q in quantized]
+        new_p, new_states = self._rule(work[start:end], grad[start:end], values, hp, exact_sqrt, self._options(group))
+        work[start:end] = new_p
+        for q, v in zip(quantized, new_states, strict=True):
+            q.save(v) if whole else q.save_chunk(start, v)
+
+    def _step_compiled(self, group: dict[str, Any], step: int, p: Tensor, quantized: list[QuantizedState]) -> None:
+        """The whole blocks through one compiled kernel per shape; a partial last block eagerly (same numbers)."""
+        for q in quantized:
+            if q.book.nearest.compact is None:
+                raise ValueError(
+                    f"fused=True needs a code map whose CodeLookup is exact; {group['quant_map']!r} is not"
+                )
+        flat = p.detach().view(-1) if p.is_contiguous() else p.detach().reshape(-1)
+        grad = p.grad.reshape(-1)
+        size = quantized[0].size
+        full = flat.numel() // size * size
+        hp = torch.tensor(self._hyperparameters(group, step), dtype=torch.float32, device=p.device)
+        if full:
+            blocks = full // size
+            _COMPILED(
+                type(self)._rule,
+                self._options(group),
+                flat[:full],
+                grad[:full],
+                [q.codes.view(-1)[:full] for q in quantized],
+                [q.absmax[:blocks] for q in quantized],
+                [(q.book.code, *q.book.nearest.compact) for q in quantized],
+                hp,
+                size,
+            )
+        if full < flat.numel():
+            work = flat if flat.dtype == torch.float32 else flat.float()
+            self._step_chunk(quantized, work, grad.float(), full, flat.numel(), hp, group)
+            if work is not flat:
+                flat[full:] = work[full:]
+        if flat.data_ptr() != p.data_ptr():
+            p.copy_(flat.view_as(p))

@@ -15,7 +15,9 @@ dequantizer of ``thrifty.compress.quant`` (signed dynamic code)::
     buf_q = Q(buf)                                         # fresh absmax per block
 
 This is ``torch.optim.SGD``'s rule (bitsandbytes' CPU update is the same with ``dampening=0`` and
-no Nesterov), so with the buffer in 32 bit the two agree bit for bit. Plain SGD has no state to
+no Nesterov), so with the buffer in 32 bit the two agree bit for bit. A quantized buffer uses the
+same formulas with one rounding per operation (no fused multiply-add), which the eager paths and
+the compiled ``fused=True`` kernel reproduce alike. Plain SGD has no state to
 quantize, so ``momentum`` must be positive (bitsandbytes raises too).
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from thrifty.optim._core import check_range
@@ -45,7 +48,9 @@ class SGD8bit(BlockwiseOptimizer):
         min_8bit_size: tensors with fewer elements keep an fp32 buffer (4096, as bitsandbytes).
         block_size: elements per absmax block (256); ``None`` for one block per tensor.
         quant_map: ``"dynamic"`` (the paper's code) or ``"linear"``.
-        fused: ``None``/``True`` for the chunked fast path, ``False`` for the reference path.
+        fused: ``None`` (default) for the chunked eager path, ``False`` for the whole-tensor
+            reference path, ``True`` for one ``torch.compile`` kernel per tensor shape (the first
+            step of each new shape pays the compile); all three give the same numbers, bit for bit.
 
     State per parameter: ``step`` (int), ``state1`` (uint8 codes of the buffer, or fp32 when kept in
     32 bit) and ``absmax1``. A step with a non-finite gradient is skipped with a ``RuntimeWarning``.
@@ -98,3 +103,19 @@ class SGD8bit(BlockwiseOptimizer):
             buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
         update = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
         p.add_(update, alpha=-group["lr"])
+
+    @staticmethod
+    def _rule(p, grad, states, hp, sqrt, options):  # noqa: ANN001, ANN205 - see BlockwiseOptimizer._rule
+        (buf,) = states
+        (nesterov,) = options
+        momentum, damping, weight_decay, neg_lr, first = hp.unbind()
+        grad = grad + weight_decay * p
+        buf = torch.where(first > 0, grad, buf * momentum + damping * grad)
+        update = grad + momentum * buf if nesterov else buf
+        return p + neg_lr * update, [buf]
+
+    def _hyperparameters(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
+        return (group["momentum"], 1 - group["dampening"], group["weight_decay"], -group["lr"], float(step == 1))
+
+    def _options(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        return (bool(group["nesterov"]),)

@@ -278,3 +278,38 @@ def test_code_lookup_falls_back_for_crowded_maps():
     assert not lookup.exact
     y = torch.rand(1000) * 0.6
     assert torch.equal(lookup(y), nearest_code(y, code))
+
+
+@pytest.mark.parametrize("name", ["dynamic_signed", "dynamic_unsigned", "linear_signed"])
+def test_compact_lookup_equals_bucketize_on_every_key(name):
+    """Both ends and random low bits of every top-16-bit key with |y| < 2, plus codes and midpoints."""
+    from thrifty.compress.quant.blockwise import lookup_compact
+
+    code = MAPS[name]()
+    table, low, rows = CodeLookup(code).compact
+    top = torch.arange(65536, dtype=torch.int64) << 16
+    top = top[((top >> 16) & 0x7FFF) < (128 << 7)]
+    g = torch.Generator().manual_seed(8)
+    low_bits = torch.cat([torch.tensor([0, 0xFFFF]), torch.randint(0, 1 << 16, (1,), generator=g)])
+    bits = (top[:, None] | low_bits[None, :]).view(-1)
+    y = torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32).view(torch.float32)
+    mid = (code[:-1] + code[1:]) / 2
+    y = torch.cat(
+        [
+            y,
+            code,
+            -code,
+            mid,
+            torch.nextafter(mid, torch.full_like(mid, 2.0)),
+            torch.nextafter(mid, torch.full_like(mid, -2.0)),
+        ]
+    )
+    y = y[y.abs() < 2]
+    assert torch.equal(lookup_compact(y, table, low, rows), nearest_code(y, code))
+    if name.startswith("dynamic"):
+        assert table.numel() < 8192  # small enough for the L1 cache
+
+
+def test_compact_lookup_absent_for_crowded_maps():
+    code = torch.sort(torch.cat([torch.linspace(0.5, 0.5001, 255), torch.zeros(1)])).values
+    assert CodeLookup(code).compact is None

@@ -41,6 +41,7 @@ __all__ = [
     "dequantize_blockwise",
     "dynamic_map",
     "linear_map",
+    "lookup_compact",
     "nearest_code",
     "quantize_blockwise",
     "stochastic_code",
@@ -158,6 +159,33 @@ class CodeLookup:
         self.first = first.to(torch.uint8)
         self.threshold = torch.cat([self.midpoints, self.midpoints.new_full((1,), math.inf)])[first]
         self._half = 1 if sys.byteorder == "little" else 0
+        self._compact = self._compact_table(first, highest) if self.exact else None
+
+    def _compact_table(self, first: Tensor, highest: Tensor) -> tuple[Tensor, int, int]:
+        """The tables for ``lookup_compact``: one int64 per key, ``first << 32 | threshold bits``, keyed on
+        |y| < 2 only, every key below ``low`` (values too small to round to anything but one code) merged.
+
+        About 6k entries instead of 65k, so the table stays in the L1 cache of compiled kernels.
+        """
+        keys = torch.arange(32768, device=first.device)
+        zero_like = torch.ones(32768, dtype=torch.bool, device=first.device)
+        for sign in (0, 32768):
+            k = keys + sign
+            single = torch.bucketize(highest[k], self.midpoints) == first[k]
+            zero_like &= single & (first[k] == first[0]) & (self.threshold[k] == self.threshold[0])
+        low = int(torch.nonzero(~zero_like)[0]) if not bool(zero_like.all()) else 32768
+        high = (128 << 7) - 1  # exponent 127, all mantissa bits: the largest key of |y| < 2
+        low = min(low, high)
+        rows = [keys[:1], keys[low : high + 1]]
+        index = torch.cat(rows + [r + 32768 for r in rows])
+        bits = self.threshold[index].view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+        packed = (first[index].to(torch.int64) << 32) | bits
+        return packed, low, high - low + 1
+
+    @property
+    def compact(self) -> tuple[Tensor, int, int] | None:
+        """``(table, low, rows)`` for ``lookup_compact``, or None when the map is not ``exact``."""
+        return self._compact
 
     def __call__(self, normalized: Tensor, out: Tensor | None = None) -> Tensor:
         """Index (uint8) of the nearest code of each element; written into ``out`` when given."""
@@ -168,6 +196,20 @@ class CodeLookup:
         above = torch.gt(normalized, self.threshold.index_select(0, keys.view(-1)).view_as(normalized))
         first = self.first.index_select(0, keys.view(-1)).view_as(normalized)
         return torch.add(first, above) if out is None else torch.add(first, above, out=out)
+
+
+def lookup_compact(normalized: Tensor, table: Tensor, low: int, rows: int) -> Tensor:
+    """``CodeLookup``'s nearest code of fp32 ``normalized`` (|y| < 2) from its ``compact`` tables.
+
+    One gather of ``first << 32 | threshold`` per element, written for ``torch.compile``: the key is
+    the top 16 bits with the sign split off, keys below ``low`` share row 0.
+    """
+    bits = normalized.view(torch.int32)
+    row = (((bits >> 16) & 0x7FFF) - (low - 1)).clamp(0, rows)
+    packed = table[(row + (bits < 0).to(torch.int32) * (rows + 1)).long()]
+    low_bits = packed & 0xFFFFFFFF
+    threshold = (low_bits - ((low_bits >> 31) << 32)).to(torch.int32).view(torch.float32)
+    return (packed >> 32).to(torch.uint8) + (normalized > threshold).to(torch.uint8)
 
 
 def stochastic_code(normalized: Tensor, code: Tensor, generator: torch.Generator | None = None) -> Tensor:
