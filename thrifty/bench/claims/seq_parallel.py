@@ -178,13 +178,15 @@ def seq_parallel_claim(ctx: ClaimContext) -> ClaimOutcome:
         Series(label=f"{most} processes", metric="peak_MiB_vs_tokens"),
     ]
     ps = [float(p) for p in procs_list]
-    series[0].add(ps, [by_procs[p]["seconds"] for p in procs_list], [by_procs[p]["peak_bytes"] / mib for p in ps])
-    series[1].add(ps, [by_procs[p]["seconds"] for p in procs_list], [by_procs[p]["saved_bytes"] / mib for p in ps])
+    seconds = [by_procs[p]["seconds"] for p in procs_list]
+    series[0].add(ps, seconds, [by_procs[p]["peak_bytes"] / mib for p in procs_list])
+    series[1].add(ps, seconds, [by_procs[p]["saved_bytes"] / mib for p in procs_list])
     for s, peaks in ((series[2], peaks_1), (series[3], peaks_p)):
         s.add([float(n) for n in peaks], [0.0] * len(peaks), [v / mib for v in peaks.values()])
     return ClaimOutcome(
         verdict,
         summary,
+        series=series,
         metrics={
             "max_tokens_1_process": float(n_max_1),
             f"max_tokens_{most}_processes": float(n_max_p),
