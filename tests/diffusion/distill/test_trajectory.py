@@ -117,6 +117,21 @@ def test_each_trajectory_distiller_step_reduces_its_loss():
         assert after < before, type(distiller).__name__
 
 
+@torch.no_grad()
+def test_annealing_reflow_flips_the_pair_jointly():
+    student = _flow()
+    z, x0 = _data(32)
+    d = AnnealingReflow(student, warmup=None, flip_dims=(-1,), generator=torch.Generator())
+    for seed in range(6):
+        d.generator.manual_seed(seed)
+        got = d.loss((z, x0), 0)
+        g = torch.Generator().manual_seed(seed)
+        flip = float(torch.rand((), generator=g)) < 0.5
+        t = torch.rand(32, generator=g) * (1 - 1e-3) + 1e-3
+        zz, xx = (z.flip(-1), x0.flip(-1)) if flip else (z, x0)
+        assert float(got) == pytest.approx(float(reflow_loss(student, zz, xx, t)), rel=1e-5)
+
+
 def test_annealing_reflow_beta_and_bad_input():
     d = AnnealingReflow(_flow(), warmup=10, generator=torch.Generator())
     assert d.beta(0) == 1.0 and d.beta(5) == pytest.approx(0.5) and d.beta(20) == 0.0
