@@ -10,7 +10,16 @@ import torch
 
 from thrifty.bench.claim import VERDICTS, ClaimContext
 from thrifty.bench.claims import get_claim
-from thrifty.bench.claims.serve_measured import SMOKE_MODEL, byte_tokenizer, random_llama, save_checkpoint
+from thrifty.bench.claims.serve_measured import (
+    SMOKE_MODEL,
+    _run_interleaved,
+    _StepClock,
+    byte_tokenizer,
+    random_llama,
+    save_checkpoint,
+)
+from thrifty.serve import SchedulerConfig
+from thrifty.serve.engine import LLMEngine
 from thrifty.serve.model.loader import load_pretrained
 from thrifty.serve.sim.cost_model import DEFAULT_DATA_DIR
 
@@ -27,6 +36,24 @@ def test_byte_tokenizer_round_trips_and_checkpoint_reloads(tmp_path):
     x = torch.tensor([ids[:20]])
     assert torch.equal(loaded.forward_dense(x), model.forward_dense(x))
     assert loaded_tok.encode(text) == ids and loaded.config.eos_token_ids == (0,)
+
+
+def test_interleaved_engines_each_run_on_their_own_step_clock():
+    model = random_llama(seed=1, **SMOKE_MODEL)
+    requests = [([1 + i] * (5 + 7 * i), 3 + i, 0.5 * i) for i in range(4)]  # (prompt, max_tokens, arrival s)
+    engines = {
+        name: LLMEngine(model, None, policy, SchedulerConfig(budget, 8), num_blocks=32, clock=_StepClock())
+        for name, policy, budget in (("a", "sarathi_serve", 8), ("b", "prefill_first", 64))
+    }
+    runs = _run_interleaved(engines, requests)
+    for run in runs.values():
+        for i, (_, max_tokens, arrival) in enumerate(requests):
+            ts = run["times"][f"r{i}"]
+            assert len(ts) == max_tokens and run["arrivals"][f"r{i}"] == arrival
+            assert arrival < ts[0] and ts == sorted(ts)  # tokens come after the arrival, in order
+        # requests arrive 0.5 s apart and the tiny model is faster: the clock jumped over idle time
+        assert run["makespan"] > requests[-1][2] and run["progress"][-1][2] == sum(r[1] for r in requests)
+    assert runs["a"]["steps"] > runs["b"]["steps"]  # chunks of 8 tokens take more steps than whole prefills
 
 
 @pytest.mark.parametrize(
