@@ -239,7 +239,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API (/v1/completions)")
     s.add_argument("--model", default=None, help="local Hugging Face Llama checkpoint directory (default: embedded)")
     s.add_argument("--served-model-name", default=None, help="the model id clients send (default: directory name)")
-    s.add_argument("--scheduler", default="sarathi_serve", help="prefill_first, orca, sarathi, sarathi_serve (default)")
+    s.add_argument("--scheduler", default="sarathi_serve", help="policy (default sarathi_serve)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--budget", type=int, default=512, help="token budget per step of chunking policies (default 512)")
