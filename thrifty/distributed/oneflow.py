@@ -15,10 +15,11 @@ and between disjoint sets of ``p1`` and ``p2`` devices [recalled from the paper'
 ``S->S |T|, S->B p2|T|, S->P |T|, B->S |T|, B->B p2|T|, B->P |T|, P->S p1|T|, P->B p1 p2|T|, P->P p1|T|``.
 
 ``to_global`` mirrors OneFlow's ``Tensor.to_global``: it makes a global tensor from a local one, or boxes a global
-tensor to another layout. DTensor's ``redistribute`` is used where it issues the table's collective; on gloo it
-lacks an all-to-all and a true reduce-scatter (it falls back to all-gather + slice and all-reduce + slice, 2x the
-table's bytes), so ``S(i)->S(j)`` and ``P->S(i)`` go through ``torch.distributed.nn.functional.all_to_all_single``
-(autograd-aware) instead, and ``B->P``, ``S->P`` (which DTensor reserves for internal use) are done locally.
+tensor to another layout. DTensor's ``redistribute`` is used where it issues the table's collective. On gloo it
+lacks an all-to-all and a true reduce-scatter: it falls back to all-gather + slice for ``S(i)->S(j)`` (``p`` times
+the table's bytes) and all-reduce + slice for ``P->S`` (twice), so these two go through the functional
+``all_to_all_single_autograd`` (a true all-to-all on gloo) instead; ``B->P`` and ``S->P`` (which DTensor reserves
+for internal use) are done locally.
 
 A matmul ``Y = X W`` has six valid SBP signatures ``(X, W) -> Y``: ``(S(0), B) -> S(0)`` (data parallel),
 ``(B, S(1)) -> S(1)`` (column parallel), ``(S(1), S(0)) -> P`` (row parallel), ``(P, B) -> P``, ``(B, P) -> P``,
@@ -33,7 +34,7 @@ import re
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
+import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
@@ -170,7 +171,7 @@ def _exchange(local: torch.Tensor, split_dim: int, group: dist.ProcessGroup) -> 
     stacked along a new leading axis in rank order (autograd-aware)."""
     p = dist.get_world_size(group)
     send = torch.stack(local.chunk(p, dim=split_dim)).contiguous()
-    return dist_fn.all_to_all_single(torch.empty_like(send), send, group=group)
+    return funcol.wait_tensor(funcol.all_to_all_single_autograd(send, None, None, group))
 
 
 class _KeepOnFirst(torch.autograd.Function):
