@@ -13,6 +13,7 @@ from thrifty.diffusion.core.denoiser import (
     to_x0_eps,
 )
 from thrifty.diffusion.core.schedules import EDMSchedule, RectifiedFlowSchedule, VPSchedule
+from thrifty.diffusion.core.solvers import sample, uniform_grid
 
 
 @pytest.mark.parametrize("sch", [RectifiedFlowSchedule(), VPSchedule("scaled_linear", 0.00085, 0.012), EDMSchedule()])
@@ -126,6 +127,8 @@ def test_diffusers_unet2d_adapter_reads_prediction_type_and_schedule():
     pred = den.predict(x, 0.5)
     a, s = den.schedule.alpha(torch.tensor(0.5)), den.schedule.sigma(torch.tensor(0.5))
     assert torch.allclose(pred.x0, a * x - s * ref, atol=1e-5)
+    with torch.no_grad():  # the adapter drives every solver: DPM-Solver++(2M) over 3 steps on the tiny UNet
+        assert sample(den, x, uniform_grid(3), "dpmpp_2m").shape == x.shape
     flow = DiffusersDenoiser(unet, scheduler_config={"_class_name": "FlowMatchEulerDiscreteScheduler"})
     assert flow.prediction_type == "velocity" and isinstance(flow.schedule, RectifiedFlowSchedule)
     with pytest.raises(ValueError, match="cannot determine the prediction type"):
