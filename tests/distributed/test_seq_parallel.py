@@ -22,10 +22,10 @@ def _full_problem(seed: int, n: int, causal: bool):
     return (q, k, v, dout), out.detach(), [t.grad for t in leaves]
 
 
-def _ring_matches_reference(rank: int, world: int, n: int, causal: bool, group=None) -> float:
+def _ring_matches_reference(rank: int, world: int, n: int, causal: bool, group=None, algorithm="online") -> float:
     (q, k, v, dout), ref_out, ref_grads = _full_problem(0, n, causal)
     local = [shard_sequence(t, dim=2, group=group).clone().requires_grad_() for t in (q, k, v)]
-    out = ring_attention(*local, causal=causal, group=group)
+    out = ring_attention(*local, causal=causal, group=group, algorithm=algorithm)
     out.backward(shard_sequence(dout, dim=2, group=group))
     errors = [(out - shard_sequence(ref_out, dim=2, group=group)).abs().max()]
     errors += [
@@ -40,9 +40,11 @@ def _ring_checks(rank: int, world: int) -> dict[str, float | str]:
     out: dict[str, float | str] = {
         "causal": _ring_matches_reference(rank, world, 24, True),
         "one_process_group": _ring_matches_reference(rank, world, 6, True, group=singletons[rank]),
+        "rsa_causal": _ring_matches_reference(rank, world, 24, True, algorithm="rsa"),
     }
     if world == 2:
         out["non_causal"] = _ring_matches_reference(rank, world, 24, False)
+        out["rsa_non_causal"] = _ring_matches_reference(rank, world, 24, False, algorithm="rsa")
         out["module"] = _module_matches(rank, world)
         out["indivisible"] = _shard_indivisible()
         out["unequal"] = _unequal_shards(rank)
@@ -52,7 +54,13 @@ def _ring_checks(rank: int, world: int) -> dict[str, float | str]:
 
 def test_ring_attention_matches_single_process_on_two_processes():
     for result in spawn(_ring_checks, 2):
-        assert max(result[k] for k in ("causal", "one_process_group", "non_causal", "module", "demo")) < 1e-12, result
+        assert (
+            max(
+                result[k]
+                for k in ("causal", "one_process_group", "non_causal", "module", "demo", "rsa_causal", "rsa_non_causal")
+            )
+            < 1e-12
+        ), result
         assert "not divisible by the world size 2" in result["indivisible"]
         assert "same shape" in result["unequal"]
 
@@ -120,5 +128,7 @@ def _unequal_shards(rank: int) -> str:
 def test_bad_shapes():
     with pytest.raises(ValueError, match="divisible by num_heads"):
         RingSelfAttention(10, 3)
+    with pytest.raises(ValueError, match="algorithm"):
+        ring_attention(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), algorithm="flash")
     with pytest.raises(ValueError, match="expected"):
         RingSelfAttention(8, 2)(torch.zeros(2, 8))

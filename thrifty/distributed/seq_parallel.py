@@ -7,17 +7,18 @@ The sequence of ``N`` tokens is split into ``P`` contiguous chunks, one per rank
 
     O_r = sum_j softmax_row(Q_r K_j^T / sqrt(d)) V_j      (the softmax taken over all j)
 
-The paper's Ring Self-Attention (ColossalAI's legacy ``RingQK`` / ``RingAV``) rings the keys to build the full
-``N / P x N`` score rows, takes the softmax, then rings the values. Here both travel together and the softmax is
-accumulated online in log-sum-exp form (as in later ring attention and ring-flash-attn)::
+The paper's Ring Self-Attention (ColossalAI's legacy ``RingQK`` / ``RingAV``; ``algorithm="rsa"``) rings the keys
+to build the full ``N / P x N`` score rows, takes the softmax, then rings the values: memory ``O(N^2 / P)`` per rank.
+The default (``algorithm="online"``, as in later ring attention and ring-flash-attn) rings keys and values together
+and accumulates the softmax online in log-sum-exp form::
 
     lse_new = logaddexp(lse, lse_j);  O = O * exp(lse - lse_new) + O_j * exp(lse_j - lse_new)
 
-so a rank never holds more than one ``N / P x N / P`` score block: memory per rank is ``O(N/P * d + (N/P)^2)``
-instead of the paper's ``O(N^2 / P)``, with the same ``2 (P - 1)`` chunk transfers in the forward. The backward rings
-too (an ``autograd.Function``): the key/value chunks go round again, and the gradients of each key/value chunk travel
-with it, gathering every rank's contribution, and arrive back at their owner after ``P`` hops. Causal attention skips
-the blocks above the diagonal (contiguous chunks; the zigzag load balancing of later work is not implemented).
+so a rank never holds more than one ``N / P x N / P`` score block: memory per rank is ``O(N/P * d + (N/P)^2)``,
+with the same ``2 (P - 1)`` chunk transfers in the forward. Both backwards ring too (``autograd.Function``s): the
+key/value chunks go round again, and the gradient of each chunk travels with it, gathering every rank's
+contribution, back to its owner after ``P`` hops. Causal attention skips the blocks above the diagonal (contiguous
+chunks; the zigzag load balancing of later work is not implemented).
 
 Transport is ``torch.distributed``'s ``batch_isend_irecv`` (gloo on CPU, NCCL on GPUs); the transfer of the next
 chunk overlaps the computation on the current one.
@@ -189,6 +190,108 @@ class _RingAttention(torch.autograd.Function):
         return grad_q.to(q.dtype), grad_kv[0].to(k.dtype), grad_kv[1].to(v.dtype), None, None
 
 
+def _ring_visit(block: torch.Tensor, group: dist.ProcessGroup | None, visit) -> None:  # noqa: ANN001
+    """Pass this rank's ``block`` round the ring; ``visit(source, chunk)`` sees every rank's chunk once."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    ring = _Ring(group)
+    for step in range(world):
+        pending = ring.start(block) if step < world - 1 else None
+        visit((rank - step) % world, block)
+        if pending is not None:
+            block, requests = pending
+            _Ring.wait(requests)
+
+
+def _ring_accumulate(block: torch.Tensor, group: dist.ProcessGroup | None, contribution) -> torch.Tensor:  # noqa: ANN001
+    """Ring ``block`` as ``_ring_visit`` does; ``contribution(source, chunk)`` returns this rank's share of the
+    gradient of that chunk, the partial sums travel with the chunks, and the total for this rank's chunk returns."""
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    ring = _Ring(group)
+    total = torch.zeros_like(block)
+    for step in range(world):
+        pending = ring.start(block) if step < world - 1 else None
+        total = total + contribution((rank - step) % world, block)
+        if world > 1:
+            total, total_requests = ring.start(total, tag=1)
+            if pending is not None:
+                block, requests = pending
+                _Ring.wait(requests)
+            _Ring.wait(total_requests)
+    return total
+
+
+class _RingQK(torch.autograd.Function):
+    """The paper's RingQK: this rank's full score rows ``Q_r K^T`` (``N / P x N``), keys ringed."""
+
+    @staticmethod
+    def forward(ctx, q, k, group):  # noqa: ANN001, ANN205
+        n, world = k.shape[-2], dist.get_world_size(group)
+        scores = q.new_empty(*q.shape[:-1], n * world)
+
+        def visit(source: int, chunk: torch.Tensor) -> None:
+            scores[..., source * n : (source + 1) * n] = q @ chunk.transpose(-1, -2)
+
+        _ring_visit(k, group, visit)
+        ctx.save_for_backward(q, k)
+        ctx.group = group
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        q, k = ctx.saved_tensors
+        n = k.shape[-2]
+        grad_q = torch.zeros_like(q)
+
+        def contribution(source: int, chunk: torch.Tensor) -> torch.Tensor:
+            block = grad[..., source * n : (source + 1) * n]
+            grad_q.add_(block @ chunk)
+            return block.transpose(-1, -2) @ q
+
+        grad_k = _ring_accumulate(k, ctx.group, contribution)
+        return grad_q, grad_k, None
+
+
+class _RingAV(torch.autograd.Function):
+    """The paper's RingAV: ``sum_j A_r[:, j-block] V_j``, values ringed."""
+
+    @staticmethod
+    def forward(ctx, attn, v, group):  # noqa: ANN001, ANN205
+        n = v.shape[-2]
+        out = attn.new_zeros(*attn.shape[:-1], v.shape[-1])
+
+        def visit(source: int, chunk: torch.Tensor) -> None:
+            out.add_(attn[..., source * n : (source + 1) * n] @ chunk)
+
+        _ring_visit(v, group, visit)
+        ctx.save_for_backward(attn, v)
+        ctx.group = group
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        attn, v = ctx.saved_tensors
+        n = v.shape[-2]
+        grad_attn = torch.empty_like(attn)
+
+        def contribution(source: int, chunk: torch.Tensor) -> torch.Tensor:
+            grad_attn[..., source * n : (source + 1) * n] = grad @ chunk.transpose(-1, -2)
+            return attn[..., source * n : (source + 1) * n].transpose(-1, -2) @ grad
+
+        grad_v = _ring_accumulate(v, ctx.group, contribution)
+        return grad_attn, grad_v, None
+
+
+def _rsa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, group: dist.ProcessGroup | None):
+    """The paper's Ring Self-Attention: full score rows by RingQK, a local softmax, then RingAV."""
+    scores = _RingQK.apply(q / math.sqrt(q.shape[-1]), k, group)
+    if causal:
+        n, rank = q.shape[-2], dist.get_rank(group)
+        queries = torch.arange(rank * n, (rank + 1) * n, device=q.device)
+        keys = torch.arange(scores.shape[-1], device=q.device)
+        scores = scores.masked_fill(keys > queries.unsqueeze(-1), float("-inf"))
+    return _RingAV.apply(torch.softmax(scores, dim=-1), v, group)
+
+
 def _check_shards(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: dist.ProcessGroup | None) -> None:
     if q.dim() < 2 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
@@ -217,6 +320,7 @@ def ring_attention(
     causal: bool = False,
     group: dist.ProcessGroup | None = None,
     check: bool = True,
+    algorithm: str = "online",
 ) -> torch.Tensor:
     """Exact attention over a sequence sharded across the ranks of ``group``.
 
@@ -225,11 +329,19 @@ def ring_attention(
     ``causal`` a query attends to keys at its own position or earlier. Without an initialised process group (or with
     one rank) it is plain attention. ``check`` verifies that every rank holds a chunk of the same shape (one small
     all-gather) and raises ``ValueError`` otherwise.
+
+    ``algorithm``: ``"online"`` (default) rings keys and values together with an online softmax, memory
+    ``O((N/P)^2)`` per rank; ``"rsa"`` is the paper's RingQK / softmax / RingAV with full ``N/P x N`` score rows,
+    memory ``O(N^2/P)``. Both are exact.
     """
+    if algorithm not in ("online", "rsa"):
+        raise ValueError(f"algorithm must be 'online' or 'rsa', got {algorithm!r}")
     if not dist.is_initialized():
         return reference_attention(q, k, v, causal)
     if check:
         _check_shards(q, k, v, group)
+    if algorithm == "rsa":
+        return _rsa(q.contiguous(), k.contiguous(), v.contiguous(), causal, group)
     return _RingAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), causal, group)
 
 
@@ -238,7 +350,8 @@ class RingSelfAttention(nn.Module):
 
     ``forward(x)`` takes this rank's chunk ``(batch, N / P, embed_dim)`` (see ``shard_sequence``) and returns this
     rank's chunk of the output. The projections act token by token, so only the attention core communicates; the
-    weights are replicated (initialise them identically on every rank, e.g. with the same seed).
+    weights are replicated (initialise them identically on every rank, e.g. with the same seed). ``algorithm``:
+    ``"online"`` or the paper's ``"rsa"`` (see ``ring_attention``).
     """
 
     def __init__(
@@ -248,11 +361,13 @@ class RingSelfAttention(nn.Module):
         causal: bool = False,
         bias: bool = True,
         group: dist.ProcessGroup | None = None,
+        algorithm: str = "online",
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.embed_dim, self.num_heads, self.causal, self.group = embed_dim, num_heads, causal, group
+        self.algorithm = algorithm
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out = nn.Linear(embed_dim, embed_dim, bias=bias)
 
@@ -261,7 +376,7 @@ class RingSelfAttention(nn.Module):
             raise ValueError(f"expected (batch, seq_chunk, {self.embed_dim}), got {tuple(x.shape)}")
         b, n, e = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, e // self.num_heads).permute(2, 0, 3, 1, 4)
-        y = ring_attention(q, k, v, self.causal, self.group)
+        y = ring_attention(q, k, v, self.causal, self.group, algorithm=self.algorithm)
         return self.out(y.transpose(1, 2).reshape(b, n, e))
 
     def extra_repr(self) -> str:
