@@ -270,8 +270,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.distributed.seq_parallel:RingSelfAttention",
         methods=("ring_self_attention",),
         status="implemented",
-        note="ring passes of key/value chunks with an online log-sum-exp softmax (per-rank memory O((N/P)^2), not "
-        "the paper's O(N^2/P) score rows); contiguous chunks, no zigzag",
+        note="default: ring passes of key/value chunks with an online log-sum-exp softmax (per-rank memory "
+        "O((N/P)^2)); the paper's RSA (RingQK / RingAV, O(N^2/P)) as algorithm='rsa'; contiguous chunks, no zigzag",
     ),
     _p(
         "sgc",
