@@ -19,12 +19,13 @@ def teacher_file(tmp_path):
 def test_sample_with_a_teacher_file_on_the_boss_grid(teacher_file, tmp_path, capsys):
     path, ref = teacher_file
     out = tmp_path / "out"
-    argv = ["diffusion", "sample", "--grid", "boss", "--steps", "3", "--teacher", str(path), "--shape", "2"]
+    argv = ["diffusion", "sample", "--grid", "boss", "--steps", "1,3", "--teacher", str(path), "--shape", "2"]
     assert main([*argv, "--reference", str(ref), "--samples", "200", "--out", str(out)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["nfe_per_sample"] == 3 and len(summary["grid"]) == 4 and summary["grid"][0] == 1.0
-    assert summary["SWD"] < 1.0
-    assert torch.load(out / "samples.pt").shape == (200, 2) and (out / "samples.png").exists()
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    assert [r["steps"] for r in runs] == [1, 3] and [r["nfe_per_sample"] for r in runs] == [1, 3]
+    assert runs[1]["grid"][0] == 1.0 and len(runs[1]["grid"]) == 4 and runs[1]["SWD"] < runs[0]["SWD"]
+    assert torch.load(out / "samples_K3.pt").shape == (200, 2) and (out / "samples_K3.png").exists()
+    assert (out / "quality_vs_steps.png").exists()
 
 
 def test_sample_reports_bad_input(teacher_file, tmp_path, capsys):
@@ -32,6 +33,8 @@ def test_sample_reports_bad_input(teacher_file, tmp_path, capsys):
     base = ["diffusion", "sample", "--teacher", str(path), "--out", str(tmp_path / "o")]
     assert main([*base, "--shape", "2", "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+    assert main([*base, "--shape", "2", "--steps", "two"]) == 2
+    assert "comma-separated" in capsys.readouterr().err
     assert main(base) == 2
     assert "needs --shape" in capsys.readouterr().err
     assert main([*base, "--shape", "2", "--grid", "autodiffusion"]) == 2

@@ -6,8 +6,9 @@ samples a teacher on a time grid: ``uniform`` and ``edm`` are fixed grids, ``bos
 (``thrifty.diffusion.sampling.autodiffusion``, FID-proxy fitness against reference data). ``toy2d`` and ``digits`` are
 the cached rectified-flow teachers (trained on first use); ``PATH`` is a ``torch.save``d denoiser module (a
 ``thrifty.diffusion.core.denoiser.Denoiser``, or any module with ``predict``, ``schedule`` and ``prediction_type``)
-sampled with ``--shape``. Writes ``samples.pt``, ``summary.json`` (grid, NFE, metric) and, for 2-D or 8x8 samples,
-``samples.png``.
+sampled with ``--shape``. ``--steps`` takes one K or a sweep (``--steps 1,2,4,8``) to see quality against steps.
+Writes ``samples_K{K}.pt``, ``summary.json`` (per K: grid, NFE, metric), ``samples_K{K}.png`` for 2-D or 8x8
+samples, and ``quality_vs_steps.png`` for a sweep with a metric.
 
 ``thrifty diffusion distill METHOD ...`` (``thrifty.diffusion.distill.cli``) trains a few-step student.
 """
@@ -62,21 +63,21 @@ def _teacher(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], Any]:
     return den.eval(), shape, metric
 
 
-def _grid(args: argparse.Namespace, den: Any, shape: tuple[int, ...], metric: Any) -> torch.Tensor:
+def _grid(args: argparse.Namespace, steps: int, den: Any, shape: tuple[int, ...], metric: Any) -> torch.Tensor:
     from thrifty.cli import UsageError
     from thrifty.diffusion.core.solvers import edm_grid, uniform_grid
 
     gen = torch.Generator().manual_seed(args.seed + 1)
     if args.grid == "uniform":
-        return uniform_grid(args.steps)
+        return uniform_grid(steps)
     if args.grid == "edm":
-        return edm_grid(args.steps, den.schedule)
+        return edm_grid(steps, den.schedule)
     if args.grid == "boss":
         from thrifty.diffusion.sampling.boss import BellmanStepSizes
 
-        if args.steps > 100:
+        if steps > 100:
             raise UsageError("--grid boss picks steps from a 100-step reference grid: --steps must be <= 100")
-        return BellmanStepSizes(den, 100).fit(torch.randn(100, *shape, generator=gen)).grid(args.steps)
+        return BellmanStepSizes(den, 100).fit(torch.randn(100, *shape, generator=gen)).grid(steps)
     from thrifty.diffusion.sampling.autodiffusion import AutoDiffusionSearch
 
     if metric is None:
@@ -94,7 +95,7 @@ def _grid(args: argparse.Namespace, den: Any, shape: tuple[int, ...], metric: An
                 x.reshape(len(x), -1), ref.reshape(len(ref), -1), 128, torch.Generator().manual_seed(0)
             )
 
-    search = AutoDiffusionSearch(den, args.steps, fitness, epochs=args.search_epochs, seed=args.seed)
+    search = AutoDiffusionSearch(den, steps, fitness, epochs=args.search_epochs, seed=args.seed)
     return search.search(torch.randn(500, *shape, generator=gen)).grid
 
 
@@ -126,51 +127,87 @@ def _save_png(samples: torch.Tensor, path: Path) -> bool:
     return True
 
 
+def _parse_steps(text: str) -> list[int]:
+    from thrifty.cli import UsageError
+
+    try:
+        steps = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise UsageError(f"--steps must be an integer or a comma-separated list, got {text!r}") from None
+    if any(k < 1 for k in steps):
+        raise UsageError(f"--steps must be >= 1, got {text}")
+    return steps
+
+
+def _save_quality_plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.plot([r["steps"] for r in rows], [r[metric] for r in rows], marker="o")
+    ax.set_xlabel("steps")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _cmd_sample(args: argparse.Namespace, console: Console) -> int:
     from thrifty.cli import UsageError
     from thrifty.diffusion.core.metrics import CountingDenoiser
     from thrifty.diffusion.core.solvers import SOLVERS, sample
 
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    steps_list = _parse_steps(args.steps)
     if args.samples < 1:
         raise UsageError(f"--samples must be >= 1, got {args.samples}")
     if args.solver not in SOLVERS:
         raise UsageError(f"unknown --solver {args.solver!r}; choose from {', '.join(SOLVERS)}")
     torch.manual_seed(args.seed)
     den, shape, metric = _teacher(args)
-    grid = _grid(args, den, shape, metric)
-    counting = CountingDenoiser(den)
-    noise = torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(args.seed))
-    with torch.no_grad():
-        out = sample(counting, noise, grid, args.solver, generator=torch.Generator().manual_seed(args.seed + 2))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(out, out_dir / "samples.pt")
-    summary: dict[str, Any] = {
-        "teacher": args.teacher,
-        "grid_kind": args.grid,
-        "steps": args.steps,
-        "solver": args.solver,
-        "grid": [round(float(t), 6) for t in grid],
-        "nfe_per_sample": counting.nfe,
-        "samples": args.samples,
-    }
-    if metric is not None:
-        summary[metric[0]] = metric[2](out)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    png = _save_png(out, out_dir / "samples.png")
-    table = Table(title=f"thrifty diffusion sample: {args.teacher}, {args.grid} grid")
+    noise = torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(args.seed))
+    rows: list[dict[str, Any]] = []
+    table = Table(title=f"thrifty diffusion sample: {args.teacher}, {args.grid} grid, {args.solver}")
     for col in ("steps", "NFE", "grid", *([metric[0]] if metric else [])):
         table.add_column(col)
-    table.add_row(
-        str(args.steps),
-        str(counting.nfe),
-        " ".join(f"{float(t):.3f}" for t in grid),
-        *([f"{summary[metric[0]]:.4g}"] if metric else []),
-    )
+    for steps in steps_list:
+        grid = _grid(args, steps, den, shape, metric)
+        counting = CountingDenoiser(den)
+        with torch.no_grad():
+            out = sample(counting, noise, grid, args.solver, generator=torch.Generator().manual_seed(args.seed + 2))
+        torch.save(out, out_dir / f"samples_K{steps}.pt")
+        _save_png(out, out_dir / f"samples_K{steps}.png")
+        row: dict[str, Any] = {
+            "steps": steps,
+            "grid": [round(float(t), 6) for t in grid],
+            "nfe_per_sample": counting.nfe,
+        }
+        if metric is not None:
+            row[metric[0]] = metric[2](out)
+        rows.append(row)
+        table.add_row(
+            str(steps),
+            str(counting.nfe),
+            " ".join(f"{float(t):.3f}" for t in grid),
+            *([f"{row[metric[0]]:.4g}"] if metric else []),
+        )
+    summary = {
+        "teacher": args.teacher,
+        "grid_kind": args.grid,
+        "solver": args.solver,
+        "samples": args.samples,
+        "seed": args.seed,
+        "runs": rows,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if metric is not None and len(rows) > 1:
+        _save_quality_plot(rows, metric[0], out_dir / "quality_vs_steps.png")
     console.print(table)
-    console.print(f"wrote {out_dir / 'samples.pt'}, {out_dir / 'summary.json'}" + (", samples.png" if png else ""))
+    console.print(f"wrote samples_K*.pt, samples_K*.png, summary.json to {out_dir}")
     return 0
 
 
@@ -180,7 +217,9 @@ def register(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="diffusion_command", required=True)
     p = sub.add_parser("sample", help="sample a teacher on a uniform, EDM, BOSS or AutoDiffusion time grid")
     p.add_argument("--grid", choices=GRIDS, default="uniform", help="time grid (default uniform)")
-    p.add_argument("--steps", type=int, default=4, help="number of steps K (default 4)")
+    p.add_argument(
+        "--steps", default="4", help="number of steps K, or a comma-separated sweep such as 1,2,4,8 (default 4)"
+    )
     p.add_argument("--teacher", default="toy2d", help="toy2d, digits, or a torch.save'd denoiser file (default toy2d)")
     p.add_argument("--toy", default="eight_gaussians", help="2-D toy of --teacher toy2d (default eight_gaussians)")
     p.add_argument("--shape", default=None, help="shape of one sample for a teacher file, e.g. 2 or 1,8,8")
