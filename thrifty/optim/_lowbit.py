@@ -140,7 +140,7 @@ def blockwise_update(
     grad: Tensor,
     codes: list[Tensor],
     absmax: list[Tensor],
-    tables: list[tuple[Tensor, Tensor, int, int]],
+    tables: list[tuple[Tensor, Tensor, Tensor, int, int]],
     hp: Tensor,
     size: int,
 ) -> None:
@@ -157,10 +157,10 @@ def blockwise_update(
         p.float().view(blocks, size), grad.float().view(blocks, size), states, hp, torch.sqrt, options
     )
     p.copy_(new_p.view(-1))
-    for x, c, a, (_, table, low, rows) in zip(new_states, codes, absmax, tables, strict=True):
+    for x, c, a, (_, *compact) in zip(new_states, codes, absmax, tables, strict=True):
         block_max = x.abs().amax(dim=1)
         normalized = x * torch.where(block_max > 0, block_max.reciprocal(), 0.0)[:, None]
-        c.copy_(lookup_compact(normalized, table, low, rows).view(-1))
+        c.copy_(lookup_compact(normalized, *compact).view(-1))
         a.copy_(block_max)
 
 
@@ -356,11 +356,6 @@ class BlockwiseOptimizer(ThriftyOptimizer):
 
     def _step_compiled(self, group: dict[str, Any], step: int, p: Tensor, quantized: list[QuantizedState]) -> None:
         """The whole blocks through one compiled kernel per shape; a partial last block eagerly (same numbers)."""
-        for q in quantized:
-            if q.book.nearest.compact is None:
-                raise ValueError(
-                    f"fused=True needs a code map whose CodeLookup is exact; {group['quant_map']!r} is not"
-                )
         flat = p.detach().view(-1) if p.is_contiguous() else p.detach().reshape(-1)
         grad = p.grad.reshape(-1)
         size = quantized[0].size

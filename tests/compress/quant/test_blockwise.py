@@ -286,7 +286,7 @@ def test_compact_lookup_equals_bucketize_on_every_key(name):
     from thrifty.compress.quant.blockwise import lookup_compact
 
     code = MAPS[name]()
-    table, low, rows = CodeLookup(code).compact
+    first, threshold, low, rows = CodeLookup(code).compact
     top = torch.arange(65536, dtype=torch.int64) << 16
     top = top[((top >> 16) & 0x7FFF) < (128 << 7)]
     g = torch.Generator().manual_seed(8)
@@ -305,9 +305,9 @@ def test_compact_lookup_equals_bucketize_on_every_key(name):
         ]
     )
     y = y[y.abs() < 2]
-    assert torch.equal(lookup_compact(y, table, low, rows), nearest_code(y, code))
+    assert torch.equal(lookup_compact(y, first, threshold, low, rows), nearest_code(y, code))
     if name.startswith("dynamic"):
-        assert table.numel() < 8192  # small enough for the L1 cache
+        assert first.numel() < 8192  # small enough for the L1 cache
 
 
 def test_compact_lookup_absent_for_crowded_maps():

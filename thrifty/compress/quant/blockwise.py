@@ -161,11 +161,11 @@ class CodeLookup:
         self._half = 1 if sys.byteorder == "little" else 0
         self._compact = self._compact_table(first, highest) if self.exact else None
 
-    def _compact_table(self, first: Tensor, highest: Tensor) -> tuple[Tensor, int, int]:
-        """The tables for ``lookup_compact``: one int64 per key, ``first << 32 | threshold bits``, keyed on
-        |y| < 2 only, every key below ``low`` (values too small to round to anything but one code) merged.
+    def _compact_table(self, first: Tensor, highest: Tensor) -> tuple[Tensor, Tensor, int, int]:
+        """The tables for ``lookup_compact``: ``first`` and ``threshold`` keyed on |y| < 2 only, with every
+        key below ``low`` (values too small to round to anything but one code) merged into row 0.
 
-        About 6k entries instead of 65k, so the table stays in the L1 cache of compiled kernels.
+        About 6k entries instead of 65k for the dynamic maps, so they stay in the L1 cache.
         """
         keys = torch.arange(32768, device=first.device)
         zero_like = torch.ones(32768, dtype=torch.bool, device=first.device)
@@ -173,18 +173,15 @@ class CodeLookup:
             k = keys + sign
             single = torch.bucketize(highest[k], self.midpoints) == first[k]
             zero_like &= single & (first[k] == first[0]) & (self.threshold[k] == self.threshold[0])
-        low = int(torch.nonzero(~zero_like)[0]) if not bool(zero_like.all()) else 32768
         high = (128 << 7) - 1  # exponent 127, all mantissa bits: the largest key of |y| < 2
-        low = min(low, high)
+        low = min(int(torch.nonzero(~zero_like)[0]) if not bool(zero_like.all()) else high, high)
         rows = [keys[:1], keys[low : high + 1]]
         index = torch.cat(rows + [r + 32768 for r in rows])
-        bits = self.threshold[index].view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-        packed = (first[index].to(torch.int64) << 32) | bits
-        return packed, low, high - low + 1
+        return first[index].to(torch.uint8), self.threshold[index], low, high - low + 1
 
     @property
-    def compact(self) -> tuple[Tensor, int, int] | None:
-        """``(table, low, rows)`` for ``lookup_compact``, or None when the map is not ``exact``."""
+    def compact(self) -> tuple[Tensor, Tensor, int, int] | None:
+        """``(first, threshold, low, rows)`` for ``lookup_compact``, or None when the map is not ``exact``."""
         return self._compact
 
     def __call__(self, normalized: Tensor, out: Tensor | None = None) -> Tensor:
@@ -198,18 +195,18 @@ class CodeLookup:
         return torch.add(first, above) if out is None else torch.add(first, above, out=out)
 
 
-def lookup_compact(normalized: Tensor, table: Tensor, low: int, rows: int) -> Tensor:
+def lookup_compact(normalized: Tensor, first: Tensor, threshold: Tensor, low: int, rows: int) -> Tensor:
     """``CodeLookup``'s nearest code of fp32 ``normalized`` (|y| < 2) from its ``compact`` tables.
 
-    One gather of ``first << 32 | threshold`` per element, written for ``torch.compile``: the key is
-    the top 16 bits with the sign split off, keys below ``low`` share row 0.
+    Written for ``torch.compile``: the key is the top 16 bits with the sign split off, keys below
+    ``low`` share row 0; the choice between ``first`` and ``first + 1`` is made in int32 (a mask
+    added to uint8 codes compiles to much slower code on CPU).
     """
     bits = normalized.view(torch.int32)
     row = (((bits >> 16) & 0x7FFF) - (low - 1)).clamp(0, rows)
-    packed = table[(row + (bits < 0).to(torch.int32) * (rows + 1)).long()]
-    low_bits = packed & 0xFFFFFFFF
-    threshold = (low_bits - ((low_bits >> 31) << 32)).to(torch.int32).view(torch.float32)
-    return (packed >> 32).to(torch.uint8) + (normalized > threshold).to(torch.uint8)
+    index = (row + (bits < 0).to(torch.int32) * (rows + 1)).long()
+    below = first[index].to(torch.int32)
+    return torch.where(normalized > threshold[index], below + 1, below).to(torch.uint8)
 
 
 def stochastic_code(normalized: Tensor, code: Tensor, generator: torch.Generator | None = None) -> Tensor:
