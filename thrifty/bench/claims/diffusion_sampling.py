@@ -2,9 +2,10 @@
 Any-Size-Diffusion's FSTD tiling (arXiv 2308.16582).
 
 Substrates: rectified-flow teachers trained once by ``thrifty.diffusion.core.teachers`` (2-D eight Gaussians, SWD
-against fresh data; 8x8 digits, classifier-feature Frechet distance against the digits), and a stationary Gaussian
-random field (32 x 32 canvases) with the exact denoiser of an 8 x 8 window for tiling. Seeds vary the search/fit noise,
-fine-tuning order and evaluation noise; the teachers are fixed. Figures and verdicts are CPU-scale and noisy.
+against fresh data; 8x8 digits, classifier-feature Frechet distance against the digits; tiny teachers at smoke
+scale), and a stationary Gaussian random field (32 x 32 canvases) with the exact denoiser of an 8 x 8 window for
+tiling. Seeds vary the search/fit noise, fine-tuning order and evaluation noise; the teachers are fixed. Figures and
+verdicts are CPU-scale and noisy.
 """
 
 from __future__ import annotations
@@ -103,16 +104,24 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values)
 
 
+# smoke scale (tests) uses tiny teachers trained in about a second and cached under their own names
+SMOKE_TEACHERS = {
+    "2d": {"hidden": 32, "depth": 2, "steps": 200, "batch_size": 128, "lr": 3e-3},
+    "digits": {"hidden": 64, "depth": 2, "steps": 200, "batch_size": 128, "lr": 3e-3},
+}
+
+
 class _Substrate:
     """A teacher with its noise shape and its metric against held-out reference data."""
 
-    def __init__(self, name: str, n_eval: int) -> None:
+    def __init__(self, name: str, n_eval: int, scale: str = "quick") -> None:
         self.name = name
+        config = SMOKE_TEACHERS[name] if scale == "smoke" else None
         if name == "2d":
-            self.teacher, self.dim, self.kind = toy2d_teacher("eight_gaussians"), 2, "points"
+            self.teacher, self.dim, self.kind = toy2d_teacher("eight_gaussians", config=config), 2, "points"
             self.mix = eight_gaussians()
         else:
-            self.teacher, self.dim, self.kind = digits_teacher(), 64, "images"
+            self.teacher, self.dim, self.kind = digits_teacher(config=config), 64, "images"
             self.reference = digits_flat("train")[0]
         self.n_eval = n_eval
         self.metric_name = "SWD" if name == "2d" else "classifier-FD"
@@ -147,7 +156,7 @@ def boss_claim(ctx: ClaimContext) -> ClaimOutcome:
     from thrifty.diffusion.sampling.boss import BellmanStepSizes, straighten
 
     steps_list, n_ref, n_evals, iters = BOSS_SCALES[ctx.scale]
-    substrates = [_Substrate("2d", n_evals[0]), _Substrate("digits", n_evals[1])]
+    substrates = [_Substrate("2d", n_evals[0], ctx.scale), _Substrate("digits", n_evals[1], ctx.scale)]
     advance = ctx.track("BOSS (substrates x seeds)", len(substrates) * len(ctx.seeds))
     per_seed: dict[str, list[float]] = {}
     series: list[Series] = []
@@ -271,7 +280,7 @@ def autodiffusion_claim(ctx: ClaimContext) -> ClaimOutcome:
     steps_list, population, epochs, n_search, n_held = AUTODIFF_SCALES[ctx.scale]
     val_digits = digits_flat("val")[0]
     train_digits = digits_flat("train")[0]
-    subs = [_Substrate("2d", n_held[0]), _Substrate("digits", n_held[1])]
+    subs = [_Substrate("2d", n_held[0], ctx.scale), _Substrate("digits", n_held[1], ctx.scale)]
     advance = ctx.track("AutoDiffusion searches", len(subs) * len(ctx.seeds) * len(steps_list))
     per_seed: dict[str, list[float]] = {}
     series: list[Series] = []

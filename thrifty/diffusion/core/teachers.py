@@ -149,17 +149,28 @@ def _cached(
     return model.eval().requires_grad_(False)
 
 
+def _tag(cfg: dict[str, float]) -> str:
+    """Cache tag of a teacher configuration."""
+    return f"mlp{cfg['hidden']}x{cfg['depth']}_s{cfg['steps']}_b{cfg['batch_size']}_lr{cfg['lr']:g}"
+
+
 TOY2D_TEACHER = {"hidden": 128, "depth": 3, "steps": 4000, "batch_size": 256, "lr": 2e-3}
 DIGITS_TEACHER = {"hidden": 256, "depth": 3, "steps": 6000, "batch_size": 128, "lr": 1e-3}
 
 
-def toy2d_teacher(name: str = "eight_gaussians", retrain: bool = False) -> ModuleDenoiser:
-    """A rectified-flow teacher (velocity, ``TimeMLP`` 2-128x3-2) on the 2-D toy ``name``; cached after training."""
+def toy2d_teacher(
+    name: str = "eight_gaussians", retrain: bool = False, config: dict[str, float] | None = None
+) -> ModuleDenoiser:
+    """A rectified-flow teacher (velocity, ``TimeMLP`` 2-128x3-2) on the 2-D toy ``name``; cached after training.
+
+    ``config`` overrides keys of ``TOY2D_TEACHER`` (hidden, depth, steps, batch_size, lr); each configuration is
+    cached under its own name (smoke-scale claims use a tiny one).
+    """
     from thrifty.diffusion.core.data import TOY2D, toy2d
 
     if name not in TOY2D:
         raise ValueError(f"unknown 2-D toy {name!r}; expected one of {', '.join(TOY2D)}")
-    cfg = TOY2D_TEACHER
+    cfg = {**TOY2D_TEACHER, **(config or {})}
 
     def train(model: nn.Module, progress: Progress) -> None:
         torch.manual_seed(0)
@@ -170,15 +181,18 @@ def toy2d_teacher(name: str = "eight_gaussians", retrain: bool = False) -> Modul
     def build() -> nn.Module:
         return TimeMLP(2, cfg["hidden"], cfg["depth"])
 
-    net = _cached(f"rf_{name}_mlp{cfg['hidden']}x{cfg['depth']}_s{cfg['steps']}", build, train, cfg["steps"], retrain)
+    net = _cached(f"rf_{name}_{_tag(cfg)}", build, train, cfg["steps"], retrain)
     return ModuleDenoiser(net, "velocity", RectifiedFlowSchedule())
 
 
-def digits_teacher(retrain: bool = False) -> ModuleDenoiser:
-    """A rectified-flow teacher (velocity, ``TimeMLP`` 64-256x3-64) on 8x8 digits as flat 64-d rows in [-1, 1]."""
+def digits_teacher(retrain: bool = False, config: dict[str, float] | None = None) -> ModuleDenoiser:
+    """A rectified-flow teacher (velocity, ``TimeMLP`` 64-256x3-64) on 8x8 digits as flat 64-d rows in [-1, 1].
+
+    ``config`` overrides keys of ``DIGITS_TEACHER``; each configuration is cached under its own name.
+    """
     from thrifty.diffusion.core.data import digits_flat
 
-    cfg = DIGITS_TEACHER
+    cfg = {**DIGITS_TEACHER, **(config or {})}
     x, _ = digits_flat("train")
 
     def train(model: nn.Module, progress: Progress) -> None:
@@ -188,5 +202,5 @@ def digits_teacher(retrain: bool = False) -> ModuleDenoiser:
     def build() -> nn.Module:
         return TimeMLP(64, cfg["hidden"], cfg["depth"])
 
-    net = _cached(f"rf_digits_mlp{cfg['hidden']}x{cfg['depth']}_s{cfg['steps']}", build, train, cfg["steps"], retrain)
+    net = _cached(f"rf_digits_{_tag(cfg)}", build, train, cfg["steps"], retrain)
     return ModuleDenoiser(net, "velocity", RectifiedFlowSchedule())
