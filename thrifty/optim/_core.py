@@ -134,12 +134,21 @@ class CompiledUpdate:
     ``dynamic=True`` compiles one kernel for every shape; ``dynamic=False`` compiles one per
     distinct signature (argument shapes, dtypes and plain values), which lets the compiler fix
     loop bounds and block strides, and lifts dynamo's recompile limit for it. ``compile_seconds``
-    sums the time of the calls that compiled (the first call of each signature).
+    sums the time of the calls that compiled (the first call of each signature). ``options`` go
+    to ``torch.compile`` (inductor settings).
     """
 
-    def __init__(self, fn: Callable[..., None], *, dynamic: bool = True, max_signatures: int = 64) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., None],
+        *,
+        dynamic: bool = True,
+        max_signatures: int = 64,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.fn = fn
         self.dynamic = dynamic
+        self.options = options
         self.max_signatures = max_signatures
         self._compiled: Callable[..., None] | None = None
         self._signatures: set[tuple[Any, ...]] = set()
@@ -160,7 +169,7 @@ class CompiledUpdate:
             self.fn(*args)
             return
         if self._compiled is None:
-            self._compiled = torch.compile(self.fn, dynamic=self.dynamic, fullgraph=True)
+            self._compiled = torch.compile(self.fn, dynamic=self.dynamic, fullgraph=True, options=self.options)
         signature = self._signature(args)
         if signature in self._signatures:
             self._run(args)
