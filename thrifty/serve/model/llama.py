@@ -181,8 +181,9 @@ class LlamaAttention(nn.Module):
             all_decode = len(meta.decode_seqs) == len(meta.query_lens)
             qd = (q if all_decode else q.index_select(0, idx)).view(-1, nkv, g, hd)
             bt = meta.decode_block_tables
-            kd = keys[bt].flatten(1, 2).transpose(1, 2)
-            vd = values[bt].flatten(1, 2).transpose(1, 2)
+            span = (bt.shape[0], -1, nkv, hd)  # [D, W * block_size, nkv, hd]
+            kd = keys.index_select(0, bt.flatten()).view(span).transpose(1, 2)
+            vd = values.index_select(0, bt.flatten()).view(span).transpose(1, 2)
             od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask).reshape(-1, nkv * g * hd)
             if all_decode:
                 return self.o_proj(od)
@@ -196,8 +197,8 @@ class LlamaAttention(nn.Module):
                 ks, vs = k[qs : qs + ql], v[qs : qs + ql]
             else:
                 bt = meta.block_tables[i, : meta.num_blocks[i]]
-                ks = keys[bt].flatten(0, 1)[:ctx]
-                vs = values[bt].flatten(0, 1)[:ctx]
+                ks = keys.index_select(0, bt).flatten(0, 1)[:ctx]
+                vs = values.index_select(0, bt).flatten(0, 1)[:ctx]
             qi = q[qs : qs + ql].view(ql, nkv, g, hd).permute(1, 2, 0, 3).reshape(nkv, g * ql, hd)
             mask = torch.arange(ctx, device=x.device)[None, :] <= torch.arange(ctx - ql, ctx, device=x.device)[:, None]
             oi = F.scaled_dot_product_attention(
