@@ -211,6 +211,10 @@ def test_llm_generate_from_a_checkpoint_directory(tmp_path, text_engine_parts):
     prompts = ["import os\n", "def f(x):", "print("]
     outs = llm.generate(prompts, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True), progress=False)
     assert [o.prompt for o in outs] == prompts
+    with pytest.raises(ValueError, match="context"):
+        llm.generate(["x", "y" * 2000], SamplingParams(max_tokens=4), progress=False)
+    again = llm.generate(prompts, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True), progress=False)
+    assert [o.token_ids for o in again] == [o.token_ids for o in outs]
     for o, p in zip(outs, prompts, strict=True):
         ids = tok.encode(p)
         assert o.prompt_token_ids == ids and o.token_ids == greedy_reference(model.float(), ids, 6)

@@ -371,7 +371,15 @@ class LLM:
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} sampling params for {len(prompts)} prompts")
         engine = self.engine
-        ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
+        ids: list[str] = []
+        try:
+            for p, sp in zip(prompts, params, strict=True):
+                ids.append(engine.add_request(p, sp))
+        except Exception:
+            for rid in ids:  # a bad prompt rejects the whole call: drop the ones already queued
+                engine.abort(rid)
+            raise
+        wanted = set(ids)
         results: dict[str, RequestOutput] = {}
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -387,6 +395,8 @@ class LLM:
             task = bar.add_task("generate", total=len(ids), tps=0.0)
             while engine.has_unfinished():
                 for out in engine.step():
+                    if out.request_id not in wanted:
+                        continue
                     tokens += len(out.new_token_ids)
                     if out.finished:
                         results[out.request_id] = out
