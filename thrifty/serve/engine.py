@@ -214,6 +214,8 @@ class LLMEngine:
         sched = self.scheduler
         sched_out = sched.schedule(self.clock())
         if not sched_out.chunks:
+            if sched.has_unfinished():  # the interface promises a chunk whenever work is left
+                raise RuntimeError(f"{sched.name} scheduled nothing with {sched.num_unfinished} requests unfinished")
             return outputs
         sampled, stopped = self._execute(sched_out)
         sched.update(sched_out, sampled, stopped, now=self.clock())
