@@ -159,13 +159,10 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
 
     def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        hd = self.head_dim
-        q, k, v = self.qkv_proj(x).split([self.num_heads * hd, self.num_kv_heads * hd, self.num_kv_heads * hd], -1)
-        q = q.unflatten(-1, (self.num_heads, hd))
-        k = k.unflatten(-1, (self.num_kv_heads, hd))
-        v = v.unflatten(-1, (self.num_kv_heads, hd))
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        heads = self.qkv_proj(x).unflatten(-1, (self.num_heads + 2 * self.num_kv_heads, self.head_dim))
+        qk, v = heads.split([self.num_heads + self.num_kv_heads, self.num_kv_heads], -2)
+        qk = qk * cos + _rotate_half(qk) * sin  # RoPE on queries and keys at once
+        q, k = qk.split([self.num_heads, self.num_kv_heads], -2)
         return q, k, v
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, meta: AttentionMetadata, cache: PagedKVCache) -> Tensor:
