@@ -337,3 +337,30 @@ def test_compiled_path_skips_non_finite_steps():
         opt.step()
     assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True))
     assert all(torch.equal(torch.as_tensor(v), state[k]) for k, v in opt.state[params[1]].items())
+
+
+def test_compile_failure_falls_back_to_the_same_numbers(monkeypatch):
+    import thrifty.optim._lowbit as lowbit
+    from thrifty.optim._core import CompiledUpdate
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(lowbit, "_COMPILED", CompiledUpdate(lowbit.blockwise_update, dynamic=False))
+    fallback, eager = _make(COMPILED_SHAPES, 3), _make(COMPILED_SHAPES, 3)
+    a, b = AdamW8bit(fallback, lr=1e-2, fused=True), AdamW8bit(eager, lr=1e-2, fused=False)
+    for step in range(4):
+        _scaled_grads(fallback, step)
+        _scaled_grads(eager, step)
+        if step == 0:
+            with pytest.warns(RuntimeWarning, match="no compiler"):
+                a.step()
+        else:
+            a.step()
+        b.step()
+    assert lowbit._COMPILED.eager
+    _assert_same(a, fallback, b, eager)

@@ -153,9 +153,8 @@ def blockwise_update(
     states = [
         code[c.long()].view(blocks, size) * a[:, None] for c, a, (code, *_) in zip(codes, absmax, tables, strict=True)
     ]
-    new_p, new_states = rule(
-        p.float().view(blocks, size), grad.float().view(blocks, size), states, hp, torch.sqrt, options
-    )
+    sqrt = torch.sqrt if torch.compiler.is_compiling() else exact_sqrt  # compiled sqrt is correctly rounded
+    new_p, new_states = rule(p.float().view(blocks, size), grad.float().view(blocks, size), states, hp, sqrt, options)
     p.copy_(new_p.view(-1))
     for x, c, a, (_, *compact) in zip(new_states, codes, absmax, tables, strict=True):
         block_max = x.abs().amax(dim=1)
