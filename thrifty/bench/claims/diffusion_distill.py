@@ -534,6 +534,10 @@ def _inlier_swd(x: Tensor, ref: Tensor, seed: int) -> float:
     return _swd(x[x.norm(dim=1) < INLIER_RADIUS], ref, seed)
 
 
+def _metric_name(label: str) -> str:
+    return label.replace(" (reported)", "").replace(" ", "_").replace("-", "_")
+
+
 def improved_lct_claim(ctx: ClaimContext) -> ClaimOutcome:
     iterations, s1 = ILCT_SCALES[ctx.scale]
     gm, n_eval = eight_gaussians(), EVAL_SAMPLES[ctx.scale]
@@ -583,7 +587,7 @@ def improved_lct_claim(ctx: ClaimContext) -> ClaimOutcome:
     return ClaimOutcome(
         HELD if wins else NOT_HELD,
         summary,
-        metrics={f"inlier_swd_{k.replace(' ', '_').replace('-', '_')}": v for k, v in m.items()},
+        metrics={"inlier_swd_" + _metric_name(k): v for k, v in m.items()},
         per_seed=per,
         series=list(series.values()),
         details={
