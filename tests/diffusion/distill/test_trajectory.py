@@ -10,7 +10,14 @@ from thrifty.diffusion.core.schedules import RectifiedFlowSchedule, VPSchedule
 from thrifty.diffusion.core.solvers import sample, uniform_grid
 from thrifty.diffusion.core.teachers import TimeMLP, train_flow_matching
 from thrifty.diffusion.distill._core import Distiller, generate_pairs, pair_batches
-from thrifty.diffusion.distill.instaflow import InstaFlow, OneStepDistillation, Reflow, one_step_loss, reflow_loss
+from thrifty.diffusion.distill.instaflow import (
+    InstaFlow,
+    OneStepDistillation,
+    Reflow,
+    one_step_loss,
+    reflow_loss,
+    rf_times,
+)
 from thrifty.diffusion.distill.slimflow import AnnealingReflow, FlowGuidedDistillation, flow_guided_target
 
 
@@ -32,6 +39,13 @@ def test_reflow_loss_is_the_rectified_flow_loss():
     x_t = (1 - t[:, None]) * x0 + t[:, None] * z
     expected = ((flow.module(x_t, t) - (z - x0)) ** 2).mean()
     assert float(reflow_loss(flow, z, x0, t)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_rf_times_follow_the_official_range():
+    t = rf_times(10_000, 1e-3, torch.Generator().manual_seed(0))
+    u = torch.rand(10_000, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(t, 1 - (u * (1 - 1e-3) + 1e-3), atol=1e-6)  # t_theirs = U (1 - eps) + eps, t = 1 - t_theirs
+    assert float(t.min()) > 0 and float(t.max()) <= 1 - 1e-3
 
 
 @torch.no_grad()
@@ -127,7 +141,7 @@ def test_annealing_reflow_flips_the_pair_jointly():
         got = d.loss((z, x0), 0)
         g = torch.Generator().manual_seed(seed)
         flip = float(torch.rand((), generator=g)) < 0.5
-        t = torch.rand(32, generator=g) * (1 - 1e-3) + 1e-3
+        t = (1 - 1e-3) * (1 - torch.rand(32, generator=g))  # t_theirs ~ U[eps, 1), t = 1 - t_theirs
         zz, xx = (z.flip(-1), x0.flip(-1)) if flip else (z, x0)
         assert float(got) == pytest.approx(float(reflow_loss(student, zz, xx, t)), rel=1e-5)
 

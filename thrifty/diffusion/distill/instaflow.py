@@ -3,7 +3,7 @@
 Rule (``gnobitab/RectifiedFlow:ImageGeneration/losses.py``, InstaFlow ``code/``), in thrifty's time (t = 1 noise):
 
 1. **Pairs.** ``z ~ N(0, I)``, ``x0 = ODE_teacher(z)`` (the k-rectified flow's probability-flow ODE, t: 1 -> 0).
-2. **Reflow** (k -> k+1 rectified flow). ``t ~ U[eps, 1]``, ``x_t = (1 - t) x0 + t z``,
+2. **Reflow** (k -> k+1 rectified flow). ``t ~ U(0, 1 - eps]``, ``x_t = (1 - t) x0 + t z``,
    ``L = || v_theta(x_t, t) - (z - x0) ||^2`` (mean over dimensions). The new flow's paths are straighter because
    it is trained on a deterministic coupling that no longer crosses.
 3. **Distillation** (k = 1 step). ``L = d(z - v_theta(z, 1), x0)`` on the same kind of pairs, with ``d`` LPIPS in the
@@ -28,9 +28,15 @@ from thrifty.diffusion.core.schedules import as_time
 from thrifty.diffusion.distill._core import Distiller, TrainLog, frozen_copy, generate_pairs, pair_batches
 from thrifty.diffusion.distill._losses import FeatureDistance, mse_loss
 
-__all__ = ["InstaFlow", "OneStepDistillation", "Reflow", "one_step_loss", "reflow_loss"]
+__all__ = ["InstaFlow", "OneStepDistillation", "Reflow", "one_step_loss", "reflow_loss", "rf_times"]
 
-RF_EPS = 1e-3  # the RectifiedFlow repositories' eps: t ~ U[eps, 1]
+RF_EPS = 1e-3  # the RectifiedFlow repositories' eps: t_theirs ~ U[eps, 1) with t_theirs = 0 noise
+
+
+def rf_times(n: int, eps: float = RF_EPS, generator: torch.Generator | None = None) -> Tensor:
+    """Reflow's training times in thrifty's convention: ``t = 1 - t_theirs`` with ``t_theirs ~ U[eps, 1)``, i.e.
+    ``t`` in ``(0, 1 - eps]`` (the official range, which leaves out the pure-noise end)."""
+    return (1 - eps) * (1 - torch.rand(n, generator=generator))
 
 
 def reflow_loss(student: Denoiser, z: Tensor, x0: Tensor, t: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -54,7 +60,7 @@ def one_step_loss(
 
 
 class Reflow(Distiller):
-    """Train ``student`` as the next rectified flow on ``(z, x0)`` pair batches (``t ~ U[eps, 1]``)."""
+    """Train ``student`` as the next rectified flow on ``(z, x0)`` pair batches (``t ~ U(0, 1 - eps]``)."""
 
     def __init__(self, student: Denoiser, eps: float = RF_EPS, generator: torch.Generator | None = None, **kw) -> None:
         super().__init__(student, **kw)
@@ -62,8 +68,7 @@ class Reflow(Distiller):
 
     def loss(self, batch: tuple[Tensor, Tensor], step: int) -> Tensor:
         z, x0 = batch
-        t = torch.rand(z.shape[0], generator=self.generator).to(z) * (1 - self.eps) + self.eps
-        return reflow_loss(self.student, z, x0, t)
+        return reflow_loss(self.student, z, x0, rf_times(z.shape[0], self.eps, self.generator).to(z))
 
 
 class OneStepDistillation(Distiller):

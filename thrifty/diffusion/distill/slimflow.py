@@ -27,7 +27,7 @@ from torch import Tensor
 from thrifty.diffusion.core.denoiser import Denoiser
 from thrifty.diffusion.distill._core import Distiller, frozen_copy, generate_pairs, pair_batches
 from thrifty.diffusion.distill._losses import FeatureDistance, annealed_noise, annealing_beta
-from thrifty.diffusion.distill.instaflow import RF_EPS, one_step_loss, reflow_loss
+from thrifty.diffusion.distill.instaflow import RF_EPS, one_step_loss, reflow_loss, rf_times
 
 __all__ = ["AnnealingReflow", "FlowGuidedDistillation", "SlimFlow", "flow_guided_target"]
 
@@ -76,8 +76,7 @@ class AnnealingReflow(Distiller):
         z = annealed_noise(z, self.beta(step), self.generator)
         if self.flip_dims and float(torch.rand((), generator=self.generator)) < 0.5:
             z, x0 = z.flip(self.flip_dims), x0.flip(self.flip_dims)
-        t = torch.rand(z.shape[0], generator=self.generator).to(z) * (1 - self.eps) + self.eps
-        return reflow_loss(self.student, z, x0, t)
+        return reflow_loss(self.student, z, x0, rf_times(z.shape[0], self.eps, self.generator).to(z))
 
 
 class FlowGuidedDistillation(Distiller):
