@@ -9,6 +9,7 @@ from thrifty.cli import main
 def test_parse_spec():
     assert parse_spec("adamw:fused") == ("adamw", {"fused": True})
     assert parse_spec("soap") == ("soap", {})
+    assert parse_spec("adamw8bit:reference") == ("adamw8bit", {"fused": False})
     with pytest.raises(ValueError, match="variant"):
         parse_spec("soap:turbo")
 

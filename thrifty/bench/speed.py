@@ -39,6 +39,7 @@ DEFAULT_SPECS = (
     "diffgrad:single",
     "diffgrad:foreach",
     "diffgrad:fused",
+    "adamw8bit:fused",
 )
 
 _VARIANTS: dict[str, dict[str, Any]] = {
