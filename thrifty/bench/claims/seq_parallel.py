@@ -2,11 +2,14 @@
 multiplies the longest sequence that fits a fixed per-process memory budget.
 
 Workload: one attention layer's core, forward and backward (``ring_attention``, float32, batch 1, 2 heads of width
-32, non-causal), on local gloo processes. Memory is MEASURED: each configuration runs in fresh processes; after the
-inputs are built, each process resets the kernel's peak-RSS mark (``/proc/self/clear_refs``, value 5), runs forward
-and backward, and reads ``VmHWM`` from ``/proc/self/status``: the peak resident memory the attention added, allocator
-overheads included (torch's CPU allocator does not cache). The budget is the single-process peak at ``N0`` tokens
-plus a fixed 10% allowance for allocator noise; the longest sequence that fits is searched on the grid ``N0 * m / 2``.
+32, non-causal), on one group of 4 local gloo processes split into sub-groups of p processes to measure p (one-
+process groups give the single-process figures; glibc is set to return every freed tensor to the kernel, so that
+measurements in turn start from the same baseline). Memory is MEASURED: after the inputs are built, each process
+resets the kernel's peak-RSS mark (``/proc/self/clear_refs``, value 5), runs forward and backward, and reads
+``VmHWM`` from ``/proc/self/status``: the peak resident memory the attention added, allocator overheads included
+(torch's CPU allocator does not cache); the worst rank's figure counts. The budget is the single-process peak at
+``N0`` tokens plus a fixed 10% allowance for allocator noise; the longest sequence that fits is searched on the grid
+``N0 * m / 2``.
 Activation bytes saved for backward (counted with ``torch.autograd.graph.saved_tensors_hooks``) are reported too.
 Results: the sharded run reproduces single-process attention (float64, outputs and input gradients) at the
 single-process maximum length. The verdict judges the default online-softmax ring; the paper's own RSA layout
@@ -56,11 +59,11 @@ def peak_rss_supported() -> bool:
     return True
 
 
-def _measure(rank: int, world: int, n: int, seed: int, algorithm: str = "online") -> dict[str, float]:
+def _measure(n: int, seed: int, group: dist.ProcessGroup | None, algorithm: str = "online") -> dict[str, float]:
     """Peak resident bytes added by one forward + backward of ring attention on this rank's chunk of n tokens."""
     g = torch.Generator().manual_seed(seed)
     full = torch.randn(4, 1, SEQ_HEADS, n, SEQ_HEAD_DIM, generator=g)
-    q, k, v, dout = (shard_sequence(t, dim=2).clone() for t in full)
+    q, k, v, dout = (shard_sequence(t, dim=2, group=group).clone() for t in full)
     del full
     q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
     saved: dict[int, int] = {}
@@ -74,14 +77,14 @@ def _measure(rank: int, world: int, n: int, seed: int, algorithm: str = "online"
     before = _rss_kib("VmRSS")
     start = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = ring_attention(q, k, v, check=False, algorithm=algorithm)
+        out = ring_attention(q, k, v, group=group, check=False, algorithm=algorithm)
     out.backward(dout)
     seconds = time.perf_counter() - start
     peak = _rss_kib("VmHWM")
     return {"peak_bytes": (peak - before) * 1024.0, "saved_bytes": float(sum(saved.values())), "seconds": seconds}
 
 
-def _verify(rank: int, world: int, n: int, seed: int, algorithm: str) -> float:
+def _verify(n: int, seed: int, algorithm: str) -> float:
     """Max abs difference of the sharded output and input gradients from single-process attention (float64)."""
     g = torch.Generator().manual_seed(seed)
     q, k, v, dout = torch.randn(4, 1, SEQ_HEADS, n, SEQ_HEAD_DIM, generator=g, dtype=torch.float64)
@@ -96,40 +99,47 @@ def _verify(rank: int, world: int, n: int, seed: int, algorithm: str) -> float:
     return max(d.item() for d in diffs)
 
 
-def _measure_many(
-    rank: int, world: int, lengths: list[int], seed: int, verify_length: int, rsa_budget: float
-) -> tuple[list[dict[str, float]], dict[int, float], float]:
+def _worst(values: dict[str, float]) -> dict[str, float]:
+    """The largest value of each entry over every rank (so that all ranks also take the same decisions)."""
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return dict(zip(values, t.tolist(), strict=True))
+
+
+def _measure_all(
+    rank: int, world: int, procs_list: tuple[int, ...], n0: int, grid: list[int], seed: int
+) -> tuple[dict[int, dict[int, dict[str, float]]], dict[int, float], float]:
+    """In one process group of ``world = max(procs_list)`` processes: for each ``p`` the ranks form groups of ``p``
+    (one-process groups give the single-process figures) and measure side by side; then the paper's RSA layout on
+    all ranks at ascending lengths until the worst rank exceeds the budget; then the float64 check of both layouts
+    at the single-process longest length. Every figure is the worst rank's."""
     # glibc: a fixed mmap threshold (which also stops its dynamic growth) returns every freed tensor to the kernel,
     # so that successive measurements in one process each start from the same resident baseline
     try:
         ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
     except (OSError, AttributeError):
         pass
-    _measure(rank, world, lengths[0], seed)  # warm-up: lazy one-time allocations (autograd engine, code) not counted
-    runs = [_measure(rank, world, n, seed) for n in lengths]
+    groups = {}
+    for p in procs_list:
+        for start in range(0, world, p):  # every rank takes part in creating every group
+            group = dist.new_group(list(range(start, start + p)))
+            if start <= rank < start + p:
+                groups[p] = group
+    n_fixed = 2 * n0
+    _measure(grid[0], seed, groups[1])  # warm-up: lazy one-time allocations (autograd engine, code) not counted
+    runs: dict[int, dict[int, dict[str, float]]] = {}
+    for p in procs_list:
+        lengths = {n_fixed, *(n for n in grid if n <= 2 * n0 and p == 1), *(n for n in grid if p == world)}
+        runs[p] = {n: _worst(_measure(n, seed, groups[p])) for n in sorted(lengths) if n % (2 * p) == 0}
+    budget = runs[1][n0]["peak_bytes"] * (1.0 + SEQ_BUDGET_SLACK)
     rsa_peaks: dict[int, float] = {}
-    if rsa_budget:  # the paper's RingQK/RingAV layout, ascending lengths until the worst rank exceeds the budget
-        for n in sorted(lengths):
-            peak = torch.tensor([_measure(rank, world, n, seed, "rsa")["peak_bytes"]])
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)  # every rank takes the same decision
-            rsa_peaks[n] = peak.item()
-            if peak.item() > rsa_budget:
-                break
-    diff = math.nan
-    if verify_length:
-        diff = max(_verify(rank, world, verify_length, seed, algorithm) for algorithm in ("online", "rsa"))
-    return runs, rsa_peaks, diff
-
-
-def _run(
-    procs: int, lengths: list[int], seed: int, verify_length: int = 0, rsa_budget: float = 0.0
-) -> tuple[dict[int, dict[str, float]], dict[int, float], float]:
-    """Per length, the worst rank's peak and saved bytes and seconds (every rank holds a chunk of the same size);
-    given ``rsa_budget``, the worst rank's peak of the paper's RSA layout at ascending lengths up to the first over
-    the budget; given ``verify_length``, the largest difference from single-process attention (both layouts)."""
-    runs = spawn(_measure_many, procs, lengths, seed, verify_length, rsa_budget)
-    peaks = {n: {key: max(r[0][i][key] for r in runs) for key in runs[0][0][i]} for i, n in enumerate(lengths)}
-    return peaks, runs[0][1], max(r[2] for r in runs)
+    for n in sorted(runs[world]):
+        rsa_peaks[n] = _worst(_measure(n, seed, groups[world], "rsa"))["peak_bytes"]
+        if rsa_peaks[n] > budget:
+            break
+    verify_length = max(_longest(runs[1], grid, budget)[0], 2 * world)
+    diff = max(_verify(verify_length, seed, algorithm) for algorithm in ("online", "rsa"))
+    return runs, rsa_peaks, _worst({"diff": diff})["diff"]
 
 
 def _longest(measured: dict[int, dict[str, float]], grid: list[int], budget: float) -> tuple[int, dict[int, float]]:
@@ -156,21 +166,10 @@ def seq_parallel_claim(ctx: ClaimContext) -> ClaimOutcome:
     most = procs_list[-1]
     n_fixed = n0 * 2
     grid = [n0 * m // 2 for m in range(1, max_multiple + 1)]
-    advance = ctx.track("ring attention memory (process counts)", len(procs_list))
+    advance = ctx.track(f"ring attention memory ({most} processes)", 1)
     mib = 2.0**20
-    runs: dict[int, dict[int, dict[str, float]]] = {}
-    diff = math.nan
-    for p in procs_list:  # the most processes last: they verify the result at the single-process longest length
-        lengths = [n_fixed]
-        if p == 1:
-            lengths += [n for n in grid if n <= 2 * n0]
-        elif p == most:
-            lengths += [n for n in grid if n % (2 * p) == 0]
-        budget = runs[1][n0]["peak_bytes"] * (1.0 + SEQ_BUDGET_SLACK) if 1 in runs else math.inf
-        verify_length = max(_longest(runs[1], grid, budget)[0], 2 * p) if p == most else 0
-        rsa_budget = budget if p == most else 0.0
-        runs[p], rsa_peaks, diff = _run(p, sorted(set(lengths)), seed, verify_length, rsa_budget)
-        advance(1)
+    runs, rsa_peaks, diff = spawn(_measure_all, most, procs_list, n0, grid, seed)[0]
+    advance(1)
     by_procs = {p: runs[p][n_fixed] for p in procs_list}
     budget = runs[1][n0]["peak_bytes"] * (1.0 + SEQ_BUDGET_SLACK)
     n_max_1, peaks_1 = _longest(runs[1], grid, budget)
@@ -219,7 +218,8 @@ def seq_parallel_claim(ctx: ClaimContext) -> ClaimOutcome:
         },
         details={
             "workload": f"ring_attention forward + backward, float32, batch 1, {SEQ_HEADS} heads x {SEQ_HEAD_DIM}, "
-            f"non-causal, local gloo processes, one thread each",
+            f"non-causal, one group of {most} local gloo processes (one thread each) split into groups of p to "
+            "measure p processes (one-process groups for the single-process figures)",
             "memory": "measured peak resident memory added per process (VmHWM after resetting it through "
             "/proc/self/clear_refs), worst rank; saved_for_backward counts the storages autograd keeps",
             "budget": f"single-process peak at N0 = {n0} tokens x {1 + SEQ_BUDGET_SLACK:g}",
