@@ -48,6 +48,10 @@ class PagedKVCache:
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.kv = torch.zeros(num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device)
+        # per-layer views, made once (indexing ``kv`` on every call is a visible cost of a batch-1 decode step)
+        self._layers = [(self.kv[i, 0], self.kv[i, 1]) for i in range(num_layers)]
+        flat = (-1, num_kv_heads, head_dim)
+        self._slots = [(k.view(flat), v.view(flat)) for k, v in self._layers]
 
     @property
     def num_slots(self) -> int:
@@ -58,13 +62,13 @@ class PagedKVCache:
 
     def layer(self, layer: int) -> tuple[Tensor, Tensor]:
         """Keys and values of ``layer``, each ``[num_blocks, block_size, num_kv_heads, head_dim]`` (views)."""
-        return self.kv[layer, 0], self.kv[layer, 1]
+        return self._layers[layer]
 
     def write(self, layer: int, slot_mapping: Tensor, k: Tensor, v: Tensor) -> None:
         """Store ``k``/``v`` (``[T, num_kv_heads, head_dim]``) of ``T`` tokens into their slots."""
-        keys, values = self.layer(layer)
-        keys.view(-1, *keys.shape[2:]).index_copy_(0, slot_mapping, k)
-        values.view(-1, *values.shape[2:]).index_copy_(0, slot_mapping, v)
+        keys, values = self._slots[layer]
+        keys.index_copy_(0, slot_mapping, k)
+        values.index_copy_(0, slot_mapping, v)
 
 
 @dataclass(frozen=True)
