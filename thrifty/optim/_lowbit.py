@@ -12,11 +12,12 @@ Three paths compute the same numbers, bit for bit (tested):
   and requantizes with ``quantize_blockwise``;
 * ``fused=None`` (the default), chunked eager: walks each tensor in chunks of whole blocks small
   enough to stay in cache and finds nearest codes with ``CodeLookup`` tables;
-* ``fused=True``, compiled: one ``torch.compile`` kernel per tensor shape views the tensor as
-  ``(blocks, block_size)`` (zero-padding a partial last block), gathers both codes from the 256-entry
-  maps, times the block maxima, runs the update in fp32, takes the new block maxima and
-  requantizes by ``CodeLookup``'s table lookup on the top 16 bits of each normalised value, writing
-  codes and maxima in place. The first step of each new shape pays the compile (seconds).
+* ``fused=True``, compiled: one ``torch.compile`` kernel per shape of a tensor's whole blocks views
+  them as ``(blocks, block_size)``, gathers the states from the 256-entry maps, times the block
+  maxima, runs the update in fp32, takes the new block maxima and requantizes by ``CodeLookup``'s
+  compact table lookup on the top 16 bits of each normalised value (a gather and a compare instead
+  of a search), writing parameter, codes and maxima in place; a partial last block runs eagerly.
+  The first step of each new shape pays the compile (seconds).
 
 Bit-identical results need every path to round alike, so the update of quantized states is a
 ``_rule`` of separately rounded operations: no ``lerp``/``addcmul``/``add(alpha=)``, which ATen's
@@ -353,7 +354,10 @@ class BlockwiseOptimizer(ThriftyOptimizer):
         new_p, new_states = self._rule(work[start:end], grad[start:end], values, hp, exact_sqrt, self._options(group))
         work[start:end] = new_p
         for q, v in zip(quantized, new_states, strict=True):
-            q.save(v) if whole else q.save_chunk(start, v)
+            if whole:
+                q.save(v)
+            else:
+                q.save_chunk(start, v)
 
     def _step_compiled(self, group: dict[str, Any], step: int, p: Tensor, quantized: list[QuantizedState]) -> None:
         """The whole blocks through one compiled kernel per shape; a partial last block eagerly (same numbers)."""
