@@ -161,7 +161,10 @@ class SGDSaI(ThriftyOptimizer):
             bufs = [s["momentum_buffer"] for s in states]
         if weight_decay != 0:
             torch._foreach_mul_(params, 1 - weight_decay * lr)
-        torch._foreach_add_(params, torch._foreach_mul(bufs, [-(lr * s["gsnr"]) for s in states]))
+        # One pass per tensor with its own step size (torch has no foreach add with a list of alphas):
+        # no temporary copy of every buffer, and the same rounding as the reference path.
+        for p, buf, s in zip(params, bufs, states, strict=True):
+            p.add_(buf, alpha=-(lr * s["gsnr"]))
 
     def _step_fused(self, group: dict[str, Any], params: list[Tensor]) -> None:
         lr, momentum = group["lr"], group["momentum"]
