@@ -146,11 +146,7 @@ class SGDSaI(ThriftyOptimizer):
         if momentum == 0:
             bufs = grads
         else:
-            running = [
-                (s["momentum_buffer"], g)
-                for s, g in zip(states, grads, strict=True)
-                if "momentum_buffer" in s
-            ]
+            running = [(s["momentum_buffer"], g) for s, g in zip(states, grads, strict=True) if "momentum_buffer" in s]
             if running:
                 running_bufs, running_grads = map(list, zip(*running, strict=True))
                 torch._foreach_mul_(running_bufs, momentum)
