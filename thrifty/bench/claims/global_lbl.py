@@ -43,7 +43,8 @@ def markov_domains(seed: int = DATA_SEED) -> torch.Tensor:
     for d in range(2):
         for v in range(VOCAB):
             nxt = torch.randperm(VOCAB, generator=g)[:SUCCESSORS]
-            chains[d, v, nxt] = torch.distributions.Dirichlet(torch.ones(SUCCESSORS)).sample()
+            weights = -torch.rand(SUCCESSORS, generator=g).log()  # Dirichlet(1, ..., 1): normalised exponentials
+            chains[d, v, nxt] = weights / weights.sum()
     return 0.98 * chains + 0.02 / VOCAB  # a little mass everywhere
 
 
