@@ -206,6 +206,8 @@ def simulated_piggyback_part(ctx: ClaimContext) -> ClaimPart:
             "e2e_gain_vs_orca": throughput["sarathi"] / throughput["orca"],
             **{f"{p}_tokens_per_s": t for p, t in throughput.items()},
         },
+        # deterministic (a fixed workload on a cost model): one value whatever the seeds
+        per_seed={"decode_speedup_max": [speedup], "e2e_gain_vs_prefill_first": [gain]},
         details={"setup": {**setup, "batch_sizes": list(setup["batch_sizes"])}, "per_batch": rows},
     )
 
