@@ -174,8 +174,11 @@ def global_lbl_claim(ctx: ClaimContext) -> ClaimOutcome:
     loss_micro, loss_global = mean("micro", "lm_loss"), mean("global", "lm_loss")
     mi_micro, mi_global = mean("micro", "mi_bits"), mean("global", "mi_bits")
     held = loss_global < loss_micro and mi_global > mi_micro
+    wins = sum(g["lm_loss"] < m["lm_loss"] for g, m in zip(results["global"], results["micro"], strict=True))
+    spread = statistics.pstdev(r["lm_loss"] for r in results["micro"]) if len(ctx.seeds) > 1 else math.nan
     summary = (
-        f"held-out LM loss {loss_global:.4f} (global) vs {loss_micro:.4f} (micro); domain-expert MI "
+        f"held-out LM loss {loss_global:.4f} (global) vs {loss_micro:.4f} (micro), lower on {wins}/{len(ctx.seeds)} "
+        f"seeds (micro seed std {spread:.4f}); domain-expert MI "
         f"{mi_global:.3f} vs {mi_micro:.3f} bits; busiest expert load x{mean('global', 'max_load'):.2f} vs "
         f"x{mean('micro', 'max_load'):.2f}; held if global has lower loss and higher MI ({len(ctx.seeds)} seeds)"
     )
@@ -190,6 +193,7 @@ def global_lbl_claim(ctx: ClaimContext) -> ClaimOutcome:
             "max_load_global": mean("global", "max_load"),
             "max_load_micro": mean("micro", "max_load"),
             "oracle_lm_loss": oracle,
+            "seeds_with_lower_loss_global": float(wins),
         },
         per_seed={f"{key}_{scope}": [r[key] for r in results[scope]] for scope in results for key in results[scope][0]},
         series=list(series.values()),
