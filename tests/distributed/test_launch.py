@@ -29,3 +29,12 @@ def test_a_failing_rank_raises_with_its_traceback_instead_of_hanging():
 def test_bad_world_size():
     with pytest.raises(ValueError, match="world_size"):
         spawn(_sum_ranks, 0, 1.0)
+
+
+def _rank_tensor(rank: int, world_size: int) -> torch.Tensor:
+    return torch.full((3,), float(rank))
+
+
+def test_ranks_may_return_tensors():
+    a, b = spawn(_rank_tensor, 2)
+    assert torch.equal(a, torch.zeros(3)) and torch.equal(b, torch.ones(3))

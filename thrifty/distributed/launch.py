@@ -9,7 +9,8 @@ traceback is raised in the parent and the other ranks are stopped, so a bug neve
 from __future__ import annotations
 
 import os
-import socket
+import pickle
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -20,19 +21,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["default_backend", "free_port", "init_from_env", "spawn"]
+__all__ = ["default_backend", "init_from_env", "spawn"]
 
 
 def default_backend() -> str:
     """NCCL when CUDA is available, gloo otherwise."""
     return "nccl" if torch.cuda.is_available() else "gloo"
-
-
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def init_from_env(backend: str | None = None, timeout_s: float = 300.0) -> tuple[int, int]:
@@ -45,7 +39,7 @@ def init_from_env(backend: str | None = None, timeout_s: float = 300.0) -> tuple
 def _child(
     rank: int,
     world_size: int,
-    port: int,
+    init_method: str,
     backend: str,
     threads: int,
     timeout_s: float,
@@ -53,16 +47,18 @@ def _child(
     args: tuple[Any, ...],
     results: Any,
 ) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(threads)
     try:
-        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s)
+        )
         try:
             value = fn(rank, world_size, *args)
         finally:
             dist.destroy_process_group()
-        results.put((rank, True, value))
+        # plain pickle copies tensor storages into the message (the queue's own pickler would pass shared memory
+        # that disappears when this process exits before the parent reads it)
+        results.put((rank, True, pickle.dumps(value)))
     except BaseException:  # noqa: BLE001 - every failure must reach the parent, not hang it
         results.put((rank, False, traceback.format_exc()))
 
@@ -77,7 +73,9 @@ def spawn(
 ) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` local processes in one process group.
 
-    ``fn`` must be importable (defined at module level) and its arguments and return value picklable.
+    ``fn`` must be importable (defined at module level) and its arguments and return value picklable (tensors
+    included). The ranks rendezvous through a file store in a fresh temporary folder, so no TCP port is picked
+    ahead of time and raced for.
     ``threads`` sets each process's intra-op threads (one by default: several processes share the cores).
     Raises ``RuntimeError`` with the first failing rank's traceback, or when the run exceeds ``timeout_s``.
     """
@@ -85,10 +83,13 @@ def spawn(
         raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
-    port = free_port()
+    store_dir = tempfile.TemporaryDirectory(prefix="thrifty-spawn-")
+    init_method = f"file://{os.path.join(store_dir.name, 'store')}"
     procs = [
         ctx.Process(
-            target=_child, args=(rank, world_size, port, backend, threads, timeout_s, fn, args, results), daemon=True
+            target=_child,
+            args=(rank, world_size, init_method, backend, threads, timeout_s, fn, args, results),
+            daemon=True,
         )
         for rank in range(world_size)
     ]
@@ -120,10 +121,11 @@ def spawn(
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
+        store_dir.cleanup()
     if failures:
         detail = "\n".join(f"--- rank {r} ---\n{tb}" for r, tb in sorted(failures.items()))
         raise RuntimeError(f"ranks {sorted(failures)} of {world_size} failed:\n{detail}")
-    return [values[r] for r in range(world_size)]
+    return [pickle.loads(values[r]) for r in range(world_size)]
 
 
 def _get(results: Any, procs: list[Any], timeout_s: float) -> tuple[int, bool, Any]:
