@@ -95,8 +95,20 @@ def test_train_records_the_device(tmp_path, capsys):
 
 def test_train_writes_metrics_and_plot(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "logreg", "--optimizer", "sgd", "--lr", "0.5", "--opt", "momentum=0.9", "--steps", "30",
-            "--out", str(out)]
+    argv = [
+        "train",
+        "logreg",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.5",
+        "--opt",
+        "momentum=0.9",
+        "--steps",
+        "30",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     record = json.loads((out / "metrics.json").read_text())
     assert record["optimizer_kwargs"] == {"momentum": 0.9, "lr": 0.5}
@@ -145,22 +157,58 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
 
 def test_train_schedules_and_refinement_from_a_previous_run(tmp_path, capsys):
     first = tmp_path / "linear"
-    argv = ["train", "logreg", "--optimizer", "sgd", "--lr", "0.5", "--steps", "20", "--schedule", "linear",
-            "--warmup", "2", "--out", str(first)]
+    argv = [
+        "train",
+        "logreg",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.5",
+        "--steps",
+        "20",
+        "--schedule",
+        "linear",
+        "--warmup",
+        "2",
+        "--out",
+        str(first),
+    ]
     assert main(argv) == 0
     record = json.loads((first / "metrics.json").read_text())
     assert record["schedule"] == "linear" and record["warmup"] == 2
     assert len(record["curve"]["grad_norms"]) == len(record["curve"]["grad_l1_norms"]) == 20
     for optimizer, rule in (("sgd", "l2"), ("adamw", "l1")):
         out = tmp_path / f"refined-{optimizer}"
-        argv = ["train", "logreg", "--optimizer", optimizer, "--steps", "10", "--refine-from",
-                str(first / "metrics.json"), "--out", str(out)]
+        argv = [
+            "train",
+            "logreg",
+            "--optimizer",
+            optimizer,
+            "--steps",
+            "10",
+            "--refine-from",
+            str(first / "metrics.json"),
+            "--out",
+            str(out),
+        ]
         assert main(argv) == 0
         refined = json.loads((out / "metrics.json").read_text())
         assert refined["schedule"] == "refined" and refined["refine_rule"] == rule
     out = tmp_path / "override"
-    argv = ["train", "logreg", "--optimizer", "adamw", "--steps", "5", "--refine-from", str(first / "metrics.json"),
-            "--refine-rule", "l2", "--out", str(out)]
+    argv = [
+        "train",
+        "logreg",
+        "--optimizer",
+        "adamw",
+        "--steps",
+        "5",
+        "--refine-from",
+        str(first / "metrics.json"),
+        "--refine-rule",
+        "l2",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0 and json.loads((out / "metrics.json").read_text())["refine_rule"] == "l2"
 
 

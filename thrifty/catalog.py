@@ -88,8 +88,7 @@ _ENTRIES: tuple[Paper, ...] = (
     ),
     _p(
         "bsvrb",
-        "Blockwise Stochastic Variance-Reduced Methods with Parallel Speedup for Multi-Block "
-        "Bilevel Optimization",
+        "Blockwise Stochastic Variance-Reduced Methods with Parallel Speedup for Multi-Block Bilevel Optimization",
         "2305.18730",
         "optim",
         "thrifty.optim.bsvrb:BSVRB",
@@ -107,8 +106,7 @@ _ENTRIES: tuple[Paper, ...] = (
     ),
     _p(
         "convex_relu",
-        "Efficient Global Optimization of Two-layer ReLU Networks: Quadratic-time "
-        "Algorithms and Adversarial Training",
+        "Efficient Global Optimization of Two-layer ReLU Networks: Quadratic-time Algorithms and Adversarial Training",
         "2201.01965",
         "optim",
         "thrifty.optim.convex_relu:ConvexReLUADMM",
@@ -162,8 +160,7 @@ _ENTRIES: tuple[Paper, ...] = (
     # schedules
     _p(
         "rmt_scaling",
-        "Learning Rates as a Function of Batch Size: A Random Matrix Theory Approach to "
-        "Neural Network Training",
+        "Learning Rates as a Function of Batch Size: A Random Matrix Theory Approach to Neural Network Training",
         "2006.09092",
         "schedules",
         "thrifty.schedules.lanczos_lr:LanczosLR",
@@ -212,8 +209,7 @@ _ENTRIES: tuple[Paper, ...] = (
     ),
     _p(
         "ghost_bn",
-        "Train longer, generalize better: closing the generalization gap in large batch "
-        "training of neural networks",
+        "Train longer, generalize better: closing the generalization gap in large batch training of neural networks",
         "1705.08741",
         "batching",
         "thrifty.batching.ghost_bn:GhostBatchNorm",
@@ -325,8 +321,7 @@ _ENTRIES: tuple[Paper, ...] = (
     # nn
     _p(
         "global_lbl",
-        "Demons in the Detail: On Implementing Load Balancing Loss for Training Specialized "
-        "Mixture-of-Expert Models",
+        "Demons in the Detail: On Implementing Load Balancing Loss for Training Specialized Mixture-of-Expert Models",
         "2501.11873",
         "nn",
         "thrifty.nn.global_lbl:GlobalLoadBalancingLoss",
@@ -414,8 +409,7 @@ _ENTRIES: tuple[Paper, ...] = (
     ),
     _p(
         "disback",
-        "Distribution Backtracking Builds A Faster Convergence Trajectory for One-step Diffusion "
-        "Distillation",
+        "Distribution Backtracking Builds A Faster Convergence Trajectory for One-step Diffusion Distillation",
         "2408.15991",
         "diffusion",
         "thrifty.diffusion.distill.disback:DisBack",
@@ -561,8 +555,7 @@ _ENTRIES: tuple[Paper, ...] = (
     ),
     _p(
         "prolificdreamer",
-        "ProlificDreamer: High-Fidelity and Diverse Text-to-3D Generation with "
-        "Variational Score Distillation",
+        "ProlificDreamer: High-Fidelity and Diverse Text-to-3D Generation with Variational Score Distillation",
         "2305.16213",
         "threed",
         "thrifty.threed.guidance.vsd:VSDGuidance",
@@ -635,8 +628,7 @@ _ENTRIES: tuple[Paper, ...] = (
     ),
     _p(
         "qdc",
-        "Surveying the Effects of Quality, Diversity, and Complexity in Synthetic Data From Large "
-        "Language Models",
+        "Surveying the Effects of Quality, Diversity, and Complexity in Synthetic Data From Large Language Models",
         "2412.02980",
         "data",
         "thrifty.data.qdc:QDCMetrics",

@@ -81,15 +81,31 @@ def test_stopping_rule_needs_every_margin_at_least_one():
 def test_training_stops_exactly_when_fitted_or_at_the_cap():
     x, y = _data()
     model = AlphaScaledModel(_net(0), 1.0)
-    result = train_until_fitted(model, x, y, temperature=0.05, batch_size=4, max_steps=5000, check_every=1,
-                                generator=torch.Generator().manual_seed(0))
+    result = train_until_fitted(
+        model,
+        x,
+        y,
+        temperature=0.05,
+        batch_size=4,
+        max_steps=5000,
+        check_every=1,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert result.fitted and 0 < result.steps < 5000
     with torch.no_grad():
         assert all_fitted(model(x), y)
     assert result.time == pytest.approx(0.05 * 4 * result.steps)
     capped = AlphaScaledModel(_net(0), 1.0)
-    short = train_until_fitted(capped, x, y, temperature=0.05, batch_size=4, max_steps=result.steps - 1,
-                               check_every=1, generator=torch.Generator().manual_seed(0))
+    short = train_until_fitted(
+        capped,
+        x,
+        y,
+        temperature=0.05,
+        batch_size=4,
+        max_steps=result.steps - 1,
+        check_every=1,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert not short.fitted and short.steps == result.steps - 1
     with torch.no_grad():
         assert not all_fitted(capped(x), y)
@@ -97,7 +113,7 @@ def test_training_stops_exactly_when_fitted_or_at_the_cap():
 
 def test_critical_temperature_and_power_law_fit():
     temps = [0.01, 0.1, 1.0]
-    assert critical_temperature(temps, [1.0, 2.0, 8.0], 4.0) == pytest.approx(10 ** -0.5)
+    assert critical_temperature(temps, [1.0, 2.0, 8.0], 4.0) == pytest.approx(10**-0.5)
     assert math.isnan(critical_temperature(temps, [1.0, 1.1, 1.2], 4.0))
     assert math.isnan(critical_temperature(temps, [5.0, 6.0, 7.0], 4.0))
     k, c, r2 = fit_power_law([10, 100, 1000], [3 * 10**-0.5, 3 * 100**-0.5, 3 * 1000**-0.5])
@@ -108,13 +124,34 @@ def test_sweep_and_phase_diagram(tmp_path):
     x, y = _data(40)
     x_test, y_test = _data(30, seed=1)
     calls = []
-    result = sweep(lambda seed: AlphaScaledModel(_net(seed), 1.0), x, y, x_test, y_test, [10, 20], [0.01, 0.1],
-                   [0, 1], batch_size=5, max_steps=300, progress=calls.append)
+    result = sweep(
+        lambda seed: AlphaScaledModel(_net(seed), 1.0),
+        x,
+        y,
+        x_test,
+        y_test,
+        [10, 20],
+        [0.01, 0.1],
+        [0, 1],
+        batch_size=5,
+        max_steps=300,
+        progress=calls.append,
+    )
     assert len(calls) == 8 and set(result.runs) == {(p, t) for p in (10, 20) for t in (0.01, 0.1)}
     errors = result.mean("test_error")
     assert len(errors) == 2 and all(0.0 <= e <= 1.0 for row in errors for e in row)
     path = plot_phase_diagram(result, str(tmp_path / "phase.png"), critical=[0.05, math.nan])
     assert (tmp_path / "phase.png").stat().st_size > 0 and path.endswith("phase.png")
     with pytest.raises(ValueError, match="exceeds"):
-        sweep(lambda seed: AlphaScaledModel(_net(seed), 1.0), x, y, x_test, y_test, [41], [0.1], [0],
-              batch_size=5, max_steps=1)
+        sweep(
+            lambda seed: AlphaScaledModel(_net(seed), 1.0),
+            x,
+            y,
+            x_test,
+            y_test,
+            [41],
+            [0.1],
+            [0],
+            batch_size=5,
+            max_steps=1,
+        )

@@ -176,9 +176,7 @@ def test_logreg_weight_decay_adds_l2_to_training_loss_only():
     assert same(batch, decayed.next_batch())
     with torch.no_grad():
         l2 = 0.05 * plain.model.weight.square().sum()
-        assert float(decayed.loss(decayed.model, batch)) == pytest.approx(
-            float(plain.loss(plain.model, batch) + l2)
-        )
+        assert float(decayed.loss(decayed.model, batch)) == pytest.approx(float(plain.loss(plain.model, batch) + l2))
     assert plain.evaluate(plain.model) == decayed.evaluate(decayed.model)
 
 

@@ -98,9 +98,7 @@ def test_adagrad_norm_hand_computed_steps(foreach: bool) -> None:
     a.grad = torch.tensor([1.0, -1.0], dtype=F64)
     opt.step()
     s2 = 0.3 / math.sqrt(27.25)
-    torch.testing.assert_close(
-        a.detach(), torch.tensor([1.0 - 3 * s1 - s2, -2.0 + s2], dtype=F64), rtol=1e-15, atol=0
-    )
+    torch.testing.assert_close(a.detach(), torch.tensor([1.0 - 3 * s1 - s2, -2.0 + s2], dtype=F64), rtol=1e-15, atol=0)
     group = opt.param_groups[0]
     assert group["accumulator"] == pytest.approx(27.25, rel=1e-15)
     assert group["step"] == 2

@@ -89,8 +89,9 @@ def test_docstring_example_converges(variance_reduction):
     targets = [torch.ones(3), 3 * torch.ones(3)]
     f = [lambda x, y, batch, t=t: 0.5 * (y - t).square().sum() for t in targets]
     g = [lambda x, y, batch: 0.5 * y.square().sum() - y @ x for _ in range(2)]
-    opt = BSVRB(x, ys, f, g, lr=0.1, lr_y=0.5, beta=0.5, beta_x=0.5, blocks_per_step=2,
-                variance_reduction=variance_reduction)
+    opt = BSVRB(
+        x, ys, f, g, lr=0.1, lr_y=0.5, beta=0.5, beta_x=0.5, blocks_per_step=2, variance_reduction=variance_reduction
+    )
     for _ in range(200):
         opt.step(lambda i: (None, None))
     torch.testing.assert_close(x, torch.full((3,), 2.0))

@@ -108,9 +108,7 @@ def per_sample_grads(model: nn.Module, loss_fn: LossFn, batch: Any) -> tuple[Ten
     return rows, losses.mean()
 
 
-def micro_batch_grads(
-    model: nn.Module, loss_fn: LossFn, batch: Any, micro_batch_size: int
-) -> tuple[Tensor, Tensor]:
+def micro_batch_grads(model: nn.Module, loss_fn: LossFn, batch: Any, micro_batch_size: int) -> tuple[Tensor, Tensor]:
     """The mean gradients of consecutive micro-batches of ``micro_batch_size`` samples, ``(n, d)``, and the mean loss.
 
     The batch size must be a multiple of ``micro_batch_size``; pass the same ``micro_batch_size`` to

@@ -195,8 +195,15 @@ def sweep(
                 model = make_model(seed)
                 runs.append(
                     train_until_fitted(
-                        model, x_train[subset], y_train[subset], t, batch_size, max_steps,
-                        generator=gen, x_test=x_test, y_test=y_test,
+                        model,
+                        x_train[subset],
+                        y_train[subset],
+                        t,
+                        batch_size,
+                        max_steps,
+                        generator=gen,
+                        x_test=x_test,
+                        y_test=y_test,
                     )
                 )
                 if progress is not None:

@@ -34,9 +34,7 @@ class ClaimContext:
 
     scale: str
     seeds: list[int]
-    track: Callable[[str, int], Callable[[int], None]] = field(
-        default=lambda description, total: lambda advance: None
-    )
+    track: Callable[[str, int], Callable[[int], None]] = field(default=lambda description, total: lambda advance: None)
     out_dir: str | None = None  # where a claim may save extra figures (sample grids); None: save none
 
     def __post_init__(self) -> None:

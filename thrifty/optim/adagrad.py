@@ -87,7 +87,6 @@ class AdaGrad(ThriftyOptimizer):
         )
         super().__init__(params, defaults)
 
-
     def _init_state(self, p: Tensor, initial: float) -> dict[str, Any]:
         state = self.state[p]
         if not state:
@@ -103,9 +102,7 @@ class AdaGrad(ThriftyOptimizer):
         if group["foreach"] is not None:
             return False
         return all(
-            type(p) in (Tensor, torch.nn.Parameter)
-            and p.device.type in ("cpu", "cuda")
-            and torch.is_floating_point(p)
+            type(p) in (Tensor, torch.nn.Parameter) and p.device.type in ("cpu", "cuda") and torch.is_floating_point(p)
             for p in params
         )
 
@@ -214,7 +211,6 @@ class AdaGradNorm(ThriftyOptimizer):
             maximize=maximize,
         )
         super().__init__(params, defaults)
-
 
     @staticmethod
     def step_size(group: dict[str, Any]) -> float:

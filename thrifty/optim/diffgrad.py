@@ -107,7 +107,6 @@ class DiffGrad(ThriftyOptimizer):
         )
         super().__init__(params, defaults)
 
-
     def _init_state(self, p: Tensor) -> dict[str, Any]:
         state = self.state[p]
         if not state:

@@ -55,13 +55,8 @@ def _tuned_adamw(ctx: ClaimContext):
         higher_is_better=False,
         seed=ctx.seeds[0],
     )
-    runs = (
-        None
-        if lr is None
-        else run_method(ctx, f"AdamW lr={lr:g}", _charlm_spec(ctx.scale, "adamw", lr=lr, **ADAMW))
-    )
+    runs = None if lr is None else run_method(ctx, f"AdamW lr={lr:g}", _charlm_spec(ctx.scale, "adamw", lr=lr, **ADAMW))
     return lr, table, runs
-
 
 
 def soap_claim(ctx: ClaimContext) -> ClaimOutcome:
@@ -75,9 +70,7 @@ def soap_claim(ctx: ClaimContext) -> ClaimOutcome:
     soap = run_method(
         ctx,
         "SOAP",
-        _charlm_spec(
-            ctx.scale, "soap", lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01, precondition_frequency=10
-        ),
+        _charlm_spec(ctx.scale, "soap", lr=3e-3, betas=(0.95, 0.95), weight_decay=0.01, precondition_frequency=10),
     )
     steps = adamw.spec.steps
     ratios, time_ratios = [], []

@@ -45,7 +45,6 @@ def _series(label: str, metric: str, runs: list[_Run]) -> Series:
     return s
 
 
-
 # ---------------------------------------------------------------------------------------------- SSO
 
 SSO_SCALES = {"smoke": (12, 4), "quick": (240, 24), "full": (2400, 120)}  # output-gradient evaluations, eval every
@@ -148,12 +147,19 @@ def sso_claim(ctx: ClaimContext) -> ClaimOutcome:
         f"after {steps} output-gradient evaluations, mean final training loss {parts} vs SGD {sgd_loss:.4f} "
         f"(lr {sgd_lr:g}; lr and eta tuned on grids; held if every m is below SGD)"
     )
-    edges = [name for name, table in [("SGD", sgd_table)] + [(f"SSO m={m}", t) for m, t in eta_tables.items()]
-             if "grid's edge" in grid_note(table)]
+    edges = [
+        name
+        for name, table in [("SGD", sgd_table)] + [(f"SSO m={m}", t) for m, t in eta_tables.items()]
+        if "grid's edge" in grid_note(table)
+    ]
     if edges:
         summary += f"; best value at the grid's edge for {' and '.join(edges)}"
-    failures = [f"{label}: {r.failure}" for label, runs in [("SGD", sgd)] + [(f"SSO m={m}", v) for m, v in sso.items()]
-                for r in runs if r.failure]
+    failures = [
+        f"{label}: {r.failure}"
+        for label, runs in [("SGD", sgd)] + [(f"SSO m={m}", v) for m, v in sso.items()]
+        for r in runs
+        if r.failure
+    ]
     return ClaimOutcome(
         verdict,
         summary,

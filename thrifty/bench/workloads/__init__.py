@@ -56,12 +56,8 @@ class UnknownWorkloadError(KeyError):
 WORKLOADS: dict[str, WorkloadInfo] = {
     info.name: info
     for info in [
-        WorkloadInfo(
-            "digits_mlp", digits.make_mlp, "MLP 64-128-10 on scikit-learn's 8x8 digits", "val_acc", True
-        ),
-        WorkloadInfo(
-            "digits_cnn", digits.make_cnn, "two-conv CNN on scikit-learn's 8x8 digits", "val_acc", True
-        ),
+        WorkloadInfo("digits_mlp", digits.make_mlp, "MLP 64-128-10 on scikit-learn's 8x8 digits", "val_acc", True),
+        WorkloadInfo("digits_cnn", digits.make_cnn, "two-conv CNN on scikit-learn's 8x8 digits", "val_acc", True),
         WorkloadInfo(
             "charlm",
             charlm.make,

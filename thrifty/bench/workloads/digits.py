@@ -114,9 +114,7 @@ def classification_task(
     )
 
 
-def make_mlp(
-    seed: int = 0, *, hidden: int = 128, batch_size: int = 64, device: str | torch.device = "cpu"
-) -> Task:
+def make_mlp(seed: int = 0, *, hidden: int = 128, batch_size: int = 64, device: str | torch.device = "cpu") -> Task:
     """``digits_mlp``: 64 -> ``hidden`` -> 10 with ReLU, cross-entropy on batches of ``batch_size``."""
 
     def factory() -> nn.Module:

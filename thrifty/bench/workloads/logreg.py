@@ -13,9 +13,7 @@ from thrifty.data.digits import NUM_CLASSES, NUM_FEATURES
 __all__ = ["make"]
 
 
-def make(
-    seed: int = 0, *, weight_decay: float = 0.0, batch_size: int = 64, device: str | torch.device = "cpu"
-) -> Task:
+def make(seed: int = 0, *, weight_decay: float = 0.0, batch_size: int = 64, device: str | torch.device = "cpu") -> Task:
     """``logreg``: one ``nn.Linear(64, 10)``; the seed fixes its init and the batch order.
 
     The training loss is cross-entropy plus ``weight_decay / 2 * ||W||^2`` on the weight matrix
@@ -35,6 +33,4 @@ def make(
     def factory() -> nn.Module:
         return nn.Linear(NUM_FEATURES, NUM_CLASSES)
 
-    return classification_task(
-        "logreg", factory, seed, batch_size, {"weight_decay": weight_decay}, loss, device=device
-    )
+    return classification_task("logreg", factory, seed, batch_size, {"weight_decay": weight_decay}, loss, device=device)
