@@ -525,6 +525,6 @@ register(
         threshold="FSTD seam energy < fixed tiles at every step count (seed means), and FSTD tile evaluations < "
         "overlapping tiles",
         run=any_size_claim,
-        default=False,
+        default=True,
     )
 )

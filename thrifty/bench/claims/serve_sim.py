@@ -361,7 +361,7 @@ register(
         "against prefill_first and orca on an offline batch at P:D = C/(B-1) (reported)",
         threshold=f"largest decode-throughput gain over the batch sizes >= {SARATHI_MIN_DECODE_SPEEDUP}",
         run=sarathi_claim,
-        default=False,
+        default=True,
     )
 )
 
