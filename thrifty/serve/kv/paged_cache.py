@@ -123,60 +123,78 @@ class AttentionMetadata:
         num_slots: int | None = None,
         device: torch.device | str = "cpu",
     ) -> AttentionMetadata:
-        """Flatten ``chunks`` (in order) into one batch; checks that every block table covers its chunk."""
+        """Flatten ``chunks`` (in order) into one batch; checks that every block table covers its chunk.
+
+        The integer arrays are computed in Python and turned into tensors by three ``torch.tensor`` calls (one for
+        the per-token arrays, one for the block tables, one for the per-sequence indices): a decode step of a few
+        sequences is dominated by per-op overhead, not by arithmetic."""
         if not chunks:
             raise ValueError("a batch needs at least one sequence chunk")
+        bs = block_size
         ids: list[int] = []
-        query_starts, query_lens, context_lens = [], [], []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_starts, query_lens, context_lens, num_blocks = [], [], [], []
         for i, c in enumerate(chunks):
-            n = len(c.token_ids)
-            if n < 1 or c.start < 0:
-                raise ValueError(f"chunk {i}: needs >= 1 token and start >= 0, got {n} tokens at start {c.start}")
-            needed = -(-(c.start + n) // block_size)
-            if len(c.block_table) < needed:
+            n, start, table = len(c.token_ids), c.start, c.block_table
+            if n < 1 or start < 0:
+                raise ValueError(f"chunk {i}: needs >= 1 token and start >= 0, got {n} tokens at start {start}")
+            end = start + n
+            needed = -(-end // bs)
+            if len(table) < needed:
                 raise ValueError(
-                    f"chunk {i}: positions up to {c.start + n} need {needed} blocks of {block_size}, "
-                    f"the block table has {len(c.block_table)}"
+                    f"chunk {i}: positions up to {end} need {needed} blocks of {bs}, the block table has {len(table)}"
                 )
             query_starts.append(len(ids))
             query_lens.append(n)
-            context_lens.append(c.start + n)
+            context_lens.append(end)
+            num_blocks.append(needed)
             ids.extend(c.token_ids)
-        num_blocks = [-(-ctx // block_size) for ctx in context_lens]
+            if n == 1:
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+            else:
+                positions.extend(range(start, end))
+                for b in range(start // bs, needed):  # slot = table[p // bs] * bs + p % bs, one block at a time
+                    shift = table[b] * bs - b * bs
+                    slots.extend(range(shift + max(start, b * bs), shift + min(end, (b + 1) * bs)))
         max_blocks = max(num_blocks)
         rows = [list(c.block_table[:nb]) + [0] * (max_blocks - nb) for c, nb in zip(chunks, num_blocks, strict=True)]
-        table = torch.tensor(rows, dtype=torch.long)
-        if num_slots is not None and table.numel() and int(table.max()) * block_size >= num_slots:
-            raise ValueError(f"a block table refers to a block beyond the cache ({num_slots // block_size} blocks)")
-        lens = torch.tensor(query_lens, dtype=torch.long)
-        seq_of_token = torch.repeat_interleave(torch.arange(len(chunks)), lens)
-        starts = torch.tensor([c.start for c in chunks], dtype=torch.long)
-        qstarts = torch.tensor(query_starts, dtype=torch.long)
-        positions = torch.arange(len(ids)) - qstarts[seq_of_token] + starts[seq_of_token]
-        slot_mapping = table[seq_of_token, positions // block_size] * block_size + positions % block_size
+        if num_slots is not None and max(max(r) for r in rows) * bs >= num_slots:
+            raise ValueError(f"a block table refers to a block beyond the cache ({num_slots // bs} blocks)")
+        flat = torch.tensor([ids, positions, slots], dtype=torch.long, device=device)
+        table = torch.tensor(rows, dtype=torch.long, device=device)
         decode_seqs = [i for i, n in enumerate(query_lens) if n == 1]
         prefill_seqs = [i for i, n in enumerate(query_lens) if n > 1]
+        per_seq = [s + n - 1 for s, n in zip(query_starts, query_lens, strict=True)]
         decode_token_idx = decode_block_tables = decode_mask = None
         if decode_seqs:
-            sel = torch.tensor(decode_seqs, dtype=torch.long)
-            decode_token_idx = qstarts[sel]
-            ctx = torch.tensor([context_lens[i] for i in decode_seqs], dtype=torch.long)
-            width = -(-int(ctx.max()) // block_size)
-            decode_block_tables = table[sel, :width]
-            decode_mask = (torch.arange(width * block_size)[None, :] < ctx[:, None])[:, None, None, :]
+            per_seq += [query_starts[i] for i in decode_seqs]
+            per_seq += [context_lens[i] for i in decode_seqs]
+        small = torch.tensor(per_seq, dtype=torch.long, device=device)
+        n_seqs, n_dec = len(chunks), len(decode_seqs)
+        if decode_seqs:
+            decode_token_idx = small[n_seqs : n_seqs + n_dec]
+            ctx = small[n_seqs + n_dec :]
+            width = -(-max(context_lens[i] for i in decode_seqs) // bs)
+            if n_dec == n_seqs:
+                decode_block_tables = table[:, :width]
+            else:
+                decode_block_tables = table[decode_token_idx.new_tensor(decode_seqs), :width]
+            decode_mask = (torch.arange(width * bs, device=device)[None, :] < ctx[:, None])[:, None, None, :]
         return cls(
-            input_ids=torch.tensor(ids, dtype=torch.long, device=device),
-            positions=positions.to(device),
-            slot_mapping=slot_mapping.to(device),
+            input_ids=flat[0],
+            positions=flat[1],
+            slot_mapping=flat[2],
             query_starts=query_starts,
             query_lens=query_lens,
             context_lens=context_lens,
-            block_tables=table.to(device),
+            block_tables=table,
             num_blocks=num_blocks,
-            logits_indices=(qstarts + lens - 1).to(device),
+            logits_indices=small[:n_seqs],
             decode_seqs=decode_seqs,
-            decode_token_idx=None if decode_token_idx is None else decode_token_idx.to(device),
-            decode_block_tables=None if decode_block_tables is None else decode_block_tables.to(device),
-            decode_mask=None if decode_mask is None else decode_mask.to(device),
+            decode_token_idx=decode_token_idx,
+            decode_block_tables=decode_block_tables,
+            decode_mask=decode_mask,
             prefill_seqs=prefill_seqs,
         )
