@@ -2,10 +2,11 @@ from thrifty.bench.claim import HELD, NOT_HELD, ClaimContext
 from thrifty.bench.claims import get_claim
 
 
-def test_sampler_claims_are_registered_off_the_default_suite():
+def test_sampler_claims_are_registered():
     for key in ("boss", "autodiffusion", "any_size"):
         claim = get_claim(key)
-        assert claim.field == "diffusion" and claim.default is False and claim.threshold
+        assert claim.field == "diffusion" and claim.threshold
+    assert get_claim("any_size").default and not get_claim("boss").default  # only the seconds-long one by default
 
 
 def test_any_size_claim_runs_at_smoke_scale_and_saves_its_canvases(tmp_path):
