@@ -15,7 +15,7 @@ are grouped so that the model attends for all of them in one batched call.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -50,6 +50,7 @@ class PagedKVCache:
         self.kv = torch.zeros(num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim, dtype=dtype, device=device)
         # per-layer views, made once (indexing ``kv`` on every call is a visible cost of a batch-1 decode step)
         self._layers = [(self.kv[i, 0], self.kv[i, 1]) for i in range(num_layers)]
+        self._pairs = list(self.kv.unbind(0))
         flat = (-1, num_kv_heads, head_dim)
         self._slots = [(k.view(flat), v.view(flat)) for k, v in self._layers]
 
@@ -63,6 +64,11 @@ class PagedKVCache:
     def layer(self, layer: int) -> tuple[Tensor, Tensor]:
         """Keys and values of ``layer``, each ``[num_blocks, block_size, num_kv_heads, head_dim]`` (views)."""
         return self._layers[layer]
+
+    def gather(self, layer: int, blocks: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``layer`` in ``blocks`` (1-D ids), each ``[len(blocks), block_size, num_kv_heads,
+        head_dim]``, copied by one ``index_select`` for both."""
+        return self._pairs[layer].index_select(1, blocks).unbind(0)
 
     def write(self, layer: int, slot_mapping: Tensor, k: Tensor, v: Tensor) -> None:
         """Store ``k``/``v`` (``[T, num_kv_heads, head_dim]``) of ``T`` tokens into their slots."""
@@ -110,6 +116,18 @@ class AttentionMetadata:
     decode_block_tables: Tensor | None
     decode_mask: Tensor | None
     prefill_seqs: list[int]
+    _biases: dict[torch.dtype, Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def decode_bias(self, dtype: torch.dtype) -> Tensor | None:
+        """``decode_mask`` as the additive bias attention applies (0 where attended, ``-inf`` elsewhere) in
+        ``dtype``, made once per batch rather than converted by every layer's attention call."""
+        if self.decode_mask is None:
+            return None
+        bias = self._biases.get(dtype)
+        if bias is None:
+            bias = torch.zeros(self.decode_mask.shape, dtype=dtype, device=self.decode_mask.device)
+            bias = self._biases[dtype] = bias.masked_fill_(~self.decode_mask, float("-inf"))
+        return bias
 
     @property
     def num_tokens(self) -> int:

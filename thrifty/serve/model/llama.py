@@ -125,11 +125,6 @@ def rope_inv_freq(config: LlamaConfig) -> Tensor:
     return inv_freq
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class RMSNorm(nn.Module):
     """``x / sqrt(mean(x^2) + eps) * weight`` (half-precision inputs are normalised in float32, as in HF)."""
 
@@ -161,15 +156,16 @@ class LlamaAttention(nn.Module):
     def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         heads = self.qkv_proj(x).unflatten(-1, (self.num_heads + 2 * self.num_kv_heads, self.head_dim))
         qk, v = heads.split([self.num_heads + self.num_kv_heads, self.num_kv_heads], -2)
-        qk = qk * cos + _rotate_half(qk) * sin  # RoPE on queries and keys at once
+        # RoPE on queries and keys at once: rotate_half(x) * sin == roll(x, d / 2) * sin_signed (``_rope`` negates
+        # the first half of sin), bit for bit, in one op instead of three
+        qk = qk * cos + qk.roll(self.head_dim // 2, -1) * sin
         q, k = qk.split([self.num_heads, self.num_kv_heads], -2)
         return q, k, v
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, meta: AttentionMetadata, cache: PagedKVCache) -> Tensor:
-        """``x`` ``[T, hidden]``; ``cos``/``sin`` ``[T, 1, head_dim]``."""
+        """``x`` ``[T, hidden]``; ``cos``/``sin`` ``[T, 1, head_dim]`` (``sin``'s first half negated, see ``_rope``)."""
         q, k, v = self._qkv(x, cos, sin)
         cache.write(self.layer_idx, meta.slot_mapping, k, v)
-        keys, values = cache.layer(self.layer_idx)
         nkv, g, hd = self.num_kv_heads, self.group, self.head_dim
         out = None
         if meta.decode_seqs:
@@ -179,9 +175,10 @@ class LlamaAttention(nn.Module):
             qd = (q if all_decode else q.index_select(0, idx)).view(-1, nkv, g, hd)
             bt = meta.decode_block_tables
             span = (bt.shape[0], -1, nkv, hd)  # [D, W * block_size, nkv, hd]
-            kd = keys.index_select(0, bt.flatten()).view(span).transpose(1, 2)
-            vd = values.index_select(0, bt.flatten()).view(span).transpose(1, 2)
-            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask).reshape(-1, nkv * g * hd)
+            kd, vd = cache.gather(self.layer_idx, bt.flatten())
+            kd, vd = kd.view(span).transpose(1, 2), vd.view(span).transpose(1, 2)
+            bias = meta.decode_bias(qd.dtype)  # the bool mask as SDPA would convert it, once per step
+            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=bias).reshape(-1, nkv * g * hd)
             if all_decode:
                 return self.o_proj(od)
             out = x.new_empty(x.shape[0], nkv * g * hd)
@@ -193,9 +190,8 @@ class LlamaAttention(nn.Module):
             if ctx == ql:  # nothing cached before this chunk: its own keys/values are the whole context
                 ks, vs = k[qs : qs + ql], v[qs : qs + ql]
             else:
-                bt = meta.block_tables[i, : meta.num_blocks[i]]
-                ks = keys.index_select(0, bt).flatten(0, 1)[:ctx]
-                vs = values.index_select(0, bt).flatten(0, 1)[:ctx]
+                ks, vs = cache.gather(self.layer_idx, meta.block_tables[i, : meta.num_blocks[i]])
+                ks, vs = ks.flatten(0, 1)[:ctx], vs.flatten(0, 1)[:ctx]
             qi = q[qs : qs + ql].view(ql, nkv, g, hd).permute(1, 2, 0, 3).reshape(nkv, g * ql, hd)
             mask = torch.arange(ctx, device=x.device)[None, :] <= torch.arange(ctx - ql, ctx, device=x.device)[:, None]
             oi = F.scaled_dot_product_attention(
@@ -267,9 +263,13 @@ class LlamaForCausalLM(nn.Module):
         return self.embed_tokens.weight.device
 
     def _rope(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``cos`` and ``sin`` of the rotary angles, ``[..., 1, head_dim]``, with the first half of ``sin`` negated so
+        that attention rotates by a roll instead of ``cat(-x2, x1)``."""
         freqs = positions.float()[..., None] * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype).unsqueeze(-2), emb.sin().to(dtype).unsqueeze(-2)
+        sin = emb.sin()
+        sin[..., : sin.shape[-1] // 2].neg_()
+        return emb.cos().to(dtype).unsqueeze(-2), sin.to(dtype).unsqueeze(-2)
 
     def make_cache(self, num_blocks: int, block_size: int = 16, dtype: torch.dtype | None = None) -> PagedKVCache:
         """An empty paged KV cache for this model (``dtype`` defaults to the model's)."""
