@@ -287,9 +287,10 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, meta: AttentionMetadata, cache: PagedKVCache, all_logits: bool = False) -> Tensor:
         """Logits ``[N, vocab]`` at the last token of each of the ``N`` sequences of the flat batch ``meta``
         (``[T, vocab]`` at every token with ``all_logits``), writing the batch's keys/values into ``cache``."""
-        if meta.positions.numel() and int(meta.positions.max()) >= self.config.max_position_embeddings:
+        last = max(meta.context_lens) - 1  # the largest position of the batch, without a tensor reduction
+        if last >= self.config.max_position_embeddings:
             raise ValueError(
-                f"position {int(meta.positions.max())} is beyond the model's context "
+                f"position {last} is beyond the model's context "
                 f"(max_position_embeddings={self.config.max_position_embeddings})"
             )
         x = self.embed_tokens(meta.input_ids)
