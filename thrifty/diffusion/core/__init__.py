@@ -36,6 +36,7 @@ from thrifty.diffusion.core.data import (
 from thrifty.diffusion.core.denoiser import (
     PREDICTION_TYPES,
     Denoiser,
+    DenoiserWrapper,
     DiffusersDenoiser,
     GaussianDenoiser,
     GaussianMixtureDenoiser,
@@ -84,6 +85,7 @@ __all__ = [
     "CountingDenoiser",
     "DPMSolverPP2M",
     "Denoiser",
+    "DenoiserWrapper",
     "DiffusersDenoiser",
     "EDMSchedule",
     "Euler",

@@ -40,6 +40,7 @@ from thrifty.diffusion.core.schedules import (
 __all__ = [
     "PREDICTION_TYPES",
     "Denoiser",
+    "DenoiserWrapper",
     "DiffusersDenoiser",
     "GaussianDenoiser",
     "GaussianMixtureDenoiser",
@@ -157,6 +158,23 @@ class Denoiser(nn.Module):
 def _batch_time(t: Tensor | float, x: Tensor) -> Tensor:
     t = as_time(t, x)
     return t.expand(x.shape[0]) if t.dim() == 0 else t
+
+
+class DenoiserWrapper(nn.Module):
+    """Base of wrappers that change how a denoiser is evaluated (counting calls, skipping blocks, tiling) but not
+    what it predicts: the schedule and the prediction type are the wrapped denoiser's."""
+
+    def __init__(self, denoiser: nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.denoiser.schedule
+
+    @property
+    def prediction_type(self) -> str:
+        return self.denoiser.prediction_type
 
 
 class ModuleDenoiser(Denoiser):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from thrifty.diffusion.core.cache import cache_dir
-from thrifty.diffusion.core.denoiser import Prediction
+from thrifty.diffusion.core.denoiser import DenoiserWrapper, Prediction
 
 __all__ = [
     "CountingDenoiser",
@@ -152,21 +152,12 @@ def straightness(trajectory: list[Tensor], grid: Tensor) -> float:
     return float(((slopes - chord) ** 2).sum(-1).mul(dt[:, :, 0]).sum(0).mean() / total)
 
 
-class CountingDenoiser(nn.Module):
+class CountingDenoiser(DenoiserWrapper):
     """A denoiser that counts how many times it is evaluated (``nfe``; ``reset()`` zeroes it)."""
 
     def __init__(self, denoiser: nn.Module) -> None:
-        super().__init__()
-        self.denoiser = denoiser
+        super().__init__(denoiser)
         self.nfe = 0
-
-    @property
-    def schedule(self):
-        return self.denoiser.schedule
-
-    @property
-    def prediction_type(self) -> str:
-        return self.denoiser.prediction_type
 
     def reset(self) -> None:
         self.nfe = 0

@@ -26,9 +26,9 @@ import random
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from thrifty.diffusion.core.denoiser import Prediction, to_x0_eps
+from thrifty.diffusion.core.denoiser import DenoiserWrapper, Prediction, to_x0_eps
 from thrifty.diffusion.core.schedules import as_time
 
 __all__ = ["AnySizeDiffusion", "TiledDenoiser", "gaussian_tile_weights", "seam_energy", "tile_starts"]
@@ -63,7 +63,7 @@ def tile_starts(size: int, tile: int, mode: str, overlap: int = 0, offset: int =
     return sorted({min(max(k * tile + offset, 0), size - tile) for k in range(n)})
 
 
-class TiledDenoiser(nn.Module):
+class TiledDenoiser(DenoiserWrapper):
     """A denoiser over a ``(B, C, H, W)`` canvas built from a ``tile``-sized denoiser (see the module docstring).
 
     ``reset()`` restarts the step counter and the reference prediction (``sample`` does not call it: call it, or use
@@ -80,7 +80,7 @@ class TiledDenoiser(nn.Module):
         flat: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(denoiser)
         if mode not in MODES:
             raise ValueError(f"unknown tiling mode {mode!r}; expected one of {', '.join(MODES)}")
         overlap = tile // 2 if overlap is None else overlap
@@ -88,18 +88,10 @@ class TiledDenoiser(nn.Module):
             raise ValueError(f"overlap must lie in (0, tile) for mode {mode!r}, got {overlap}")
         if reset_every < 1:
             raise ValueError(f"reset_every must be >= 1, got {reset_every}")
-        self.denoiser, self.tile, self.mode, self.overlap = denoiser, tile, mode, overlap
+        self.tile, self.mode, self.overlap = tile, mode, overlap
         self.reset_every, self.flat, self.seed = reset_every, flat, seed
         self.register_buffer("weights", gaussian_tile_weights(tile), persistent=False)
         self.reset()
-
-    @property
-    def schedule(self):
-        return self.denoiser.schedule
-
-    @property
-    def prediction_type(self) -> str:
-        return self.denoiser.prediction_type
 
     def reset(self) -> None:
         self.step_count = 0

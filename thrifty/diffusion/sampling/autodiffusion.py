@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from thrifty.diffusion.core.denoiser import Prediction
+from thrifty.diffusion.core.denoiser import DenoiserWrapper, Prediction
 from thrifty.diffusion.core.metrics import digits_fd, sliced_wasserstein
 from thrifty.diffusion.core.solvers import check_grid, sample
 
@@ -187,7 +187,7 @@ class AutoDiffusionSearch:
         return SearchResult(best, self.grid_of(best), self.cache[best], history, len(self.cache))
 
 
-class SkipPlanDenoiser(nn.Module):
+class SkipPlanDenoiser(DenoiserWrapper):
     """Run step ``i`` of a sampler with ``blocks[j]`` replaced by the identity for every ``j`` in ``plan[i]``.
 
     Steps are counted by ``predict`` calls (one per Euler/DDIM step); ``reset()`` restarts the count (``sample``
@@ -196,20 +196,12 @@ class SkipPlanDenoiser(nn.Module):
     """
 
     def __init__(self, denoiser: Any, blocks: Sequence[nn.Module], plan: Sequence[Sequence[int]]) -> None:
-        super().__init__()
-        self.denoiser, self.blocks, self.plan = denoiser, list(blocks), [tuple(p) for p in plan]
+        super().__init__(denoiser)
+        self.blocks, self.plan = list(blocks), [tuple(p) for p in plan]
         for p in self.plan:
             if any(not 0 <= j < len(self.blocks) for j in p):
                 raise ValueError(f"plan entry {p} names a block outside 0..{len(self.blocks) - 1}")
         self.step = 0
-
-    @property
-    def schedule(self):
-        return self.denoiser.schedule
-
-    @property
-    def prediction_type(self) -> str:
-        return self.denoiser.prediction_type
 
     def reset(self) -> None:
         self.step = 0
