@@ -47,3 +47,38 @@ def test_bad_sizes_raise():
         AttentionMetadata.build([], 16)
     with pytest.raises(ValueError, match="needs >= 1 token"):
         AttentionMetadata.build([SeqChunk([], 0, [0])], 16)
+
+
+def test_slot_mapping_of_long_chunks_follows_the_formula():
+    bs = 4
+    table = [9, 3, 7, 0, 5]
+    chunks = [SeqChunk(list(range(13)), start=6, block_table=table), SeqChunk([1], start=3, block_table=[2])]
+    meta = AttentionMetadata.build(chunks, bs)
+    expected = [table[p // bs] * bs + p % bs for p in range(6, 19)] + [2 * bs + 3]
+    assert meta.slot_mapping.tolist() == expected
+    assert meta.positions.tolist() == [*range(6, 19), 3]
+    assert meta.slot_mapping.dtype == meta.positions.dtype == meta.input_ids.dtype == torch.long
+    assert meta.block_tables.tolist() == [table, [2, 0, 0, 0, 0]]
+
+
+def test_gather_copies_keys_and_values_of_the_given_blocks():
+    cache = PagedKVCache(num_layers=2, num_blocks=6, num_kv_heads=2, head_dim=3, block_size=4)
+    cache.kv.copy_(torch.randn(cache.kv.shape))
+    blocks = torch.tensor([4, 0, 4, 2])
+    keys, values = cache.gather(1, blocks)
+    k_all, v_all = cache.layer(1)
+    assert torch.equal(keys, k_all[blocks]) and torch.equal(values, v_all[blocks])
+    keys.zero_()  # a copy, not a view of the cache
+    assert cache.kv[1, 0, 4].abs().sum() > 0
+
+
+def test_decode_bias_is_the_mask_as_an_additive_bias_made_once():
+    chunks = [SeqChunk([1], start=5, block_table=[0, 1]), SeqChunk([2], start=1, block_table=[2])]
+    meta = AttentionMetadata.build(chunks, 4)
+    bias = meta.decode_bias(torch.float32)
+    assert bias.shape == meta.decode_mask.shape and bias.dtype == torch.float32
+    assert torch.equal(bias == 0, meta.decode_mask) and torch.isneginf(bias[~meta.decode_mask]).all()
+    assert meta.decode_bias(torch.float32) is bias
+    assert meta.decode_bias(torch.bfloat16).dtype == torch.bfloat16
+    prefill_only = AttentionMetadata.build([SeqChunk([1, 2], start=0, block_table=[0])], 4)
+    assert prefill_only.decode_bias(torch.float32) is None
