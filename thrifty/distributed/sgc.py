@@ -587,8 +587,9 @@ def coded_training(rank: int, world_size: int, spec: CodedTrainingSpec) -> dict:
     finish time by all_gather: the injected delay is the worker's round time, the real computation runs inside it
     (finish = max(delay, compute seconds)). All ranks apply the wait rule to the same numbers: stragglers
     stop waiting at the round's deadline (sleep cut short), the results are all_gathered with the straggler rows
-    masked, and every rank decodes the due job from the responders and steps that model. Returns the final models'
-    parameters, per-round wall-clock seconds and the number of samples each worker processed.
+    masked, rank 0 (the master) decodes the due job from the responders and broadcasts the update, and every rank
+    steps that model. Returns the final models' parameters, per-round wall-clock seconds and the number of samples
+    each worker processed.
     """
     from thrifty.data.digits import load_digits_split
 
@@ -637,6 +638,9 @@ def coded_training(rank: int, world_size: int, spec: CodedTrainingSpec) -> dict:
         job = coder.decodable_job(r)
         if job is not None:
             grad = coder.decode(job, results) / spec.batch_size
+            # rank 0 plays the master: LAPACK's least-squares decoding vector may differ in the last bits between
+            # processes (alignment-dependent kernels), so every rank applies rank 0's decoded update
+            dist.broadcast(grad, src=0)
             model = models[job % spec.num_models]
             with torch.no_grad():
                 offset = 0
