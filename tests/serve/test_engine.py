@@ -22,7 +22,7 @@ BS = 4
 WHOLE_PROMPT_POLICIES = ("prefill_first", "orca")  # they prefill a whole sequence in one step
 
 
-def tiny_model(vocab=VOCAB, eos=None, context=96) -> LlamaForCausalLM:
+def tiny_model(vocab=VOCAB, eos=None, context=96, dtype=torch.float64) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=vocab,
@@ -34,7 +34,7 @@ def tiny_model(vocab=VOCAB, eos=None, context=96) -> LlamaForCausalLM:
         max_position_embeddings=context,
         eos_token_id=eos,
     )
-    model = LlamaForCausalLM(config).double()
+    model = LlamaForCausalLM(config).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:

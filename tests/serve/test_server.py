@@ -14,12 +14,12 @@ import openai
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_engine import tiny_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from thrifty.cli import main
 from thrifty.serve import SchedulerConfig
 from thrifty.serve.engine import AsyncLLMEngine, LLMEngine
-from thrifty.serve.model.llama import LlamaConfig, LlamaForCausalLM
 from thrifty.serve.model.loader import TextTokenizer
 from thrifty.serve.server import serve_in_thread
 
@@ -38,30 +38,10 @@ def byte_tokenizer() -> TextTokenizer:
     return TextTokenizer(tok, eos_token_ids=[0])
 
 
-def tiny_model(vocab: int) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CONTEXT,
-        eos_token_id=0,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.4)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def served():
     tok = byte_tokenizer()
-    model = tiny_model(tok.vocab_size)
+    model = tiny_model(tok.vocab_size, eos=0, context=CONTEXT, dtype=torch.float32)
     config = SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=16)
     engine = AsyncLLMEngine(LLMEngine(model, tok, "sarathi_serve", config, num_blocks=96))
     server, url = serve_in_thread(engine, NAME)
@@ -269,7 +249,7 @@ def test_thrifty_serve_builds_its_engine_from_a_local_checkpoint(tmp_path):
     from thrifty.serve.cli import build_serve_engine
 
     tok = byte_tokenizer()
-    model = tiny_model(tok.vocab_size)
+    model = tiny_model(tok.vocab_size, eos=0, context=CONTEXT, dtype=torch.float32)
     save_file({k: v.contiguous() for k, v in model.hf_state_dict().items()}, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
     tok.tokenizer.save(str(tmp_path / "tokenizer.json"))
