@@ -284,11 +284,28 @@ def _assert_same(opt_a, params_a, opt_b, params_b):
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_b.state[y][key])), key
 
 
-@pytest.mark.parametrize(("cls", "kwargs"), [(AdamW8bit, {"lr": 1e-2}), (Adam8bit, {"lr": 3e-3, "betas": (0.8, 0.95)})])
-def test_compiled_path_bit_identical_to_eager(cls, kwargs):
-    """25 steps with gradients over five orders of magnitude: parameters, codes and maxima equal bit for bit."""
-    from thrifty.optim._lowbit import _COMPILED
+# fused=True runs the native kernel (AVX-512 or portable C) and, with THRIFTY_NATIVE=0, the torch.compile kernel.
+FUSED_MODES = ["1", "portable", "0"]
 
+
+def _fused_mode(monkeypatch, mode):
+    """Select the fused path; the compiled kernel must not run when a native one is selected."""
+    import thrifty.optim._lowbit as lowbit
+
+    monkeypatch.setenv("THRIFTY_NATIVE", mode)
+    if mode != "0":
+
+        def fail(*args):
+            raise AssertionError("the torch.compile kernel ran instead of the native one")
+
+        monkeypatch.setattr(lowbit, "_COMPILED", fail)
+
+
+@pytest.mark.parametrize("mode", FUSED_MODES)
+@pytest.mark.parametrize(("cls", "kwargs"), [(AdamW8bit, {"lr": 1e-2}), (Adam8bit, {"lr": 3e-3, "betas": (0.8, 0.95)})])
+def test_fused_paths_bit_identical_to_eager(monkeypatch, cls, kwargs, mode):
+    """25 steps with gradients over five orders of magnitude: parameters, codes and maxima equal bit for bit."""
+    _fused_mode(monkeypatch, mode)
     compiled, eager = _make(COMPILED_SHAPES, 0), _make(COMPILED_SHAPES, 0)
     a, b = cls(compiled, fused=True, **kwargs), cls(eager, fused=False, **kwargs)
     for step in range(25):
@@ -298,11 +315,51 @@ def test_compiled_path_bit_identical_to_eager(cls, kwargs):
         b.step()
         _assert_same(a, compiled, b, eager)
     assert a.state[compiled[1]]["absmax1"].numel() == 17 and a.state[compiled[2]]["state1"].dtype == torch.float32
-    assert _COMPILED.compile_seconds is not None and not _COMPILED.eager
+    if mode == "0":
+        from thrifty.optim._lowbit import _COMPILED
+
+        assert _COMPILED.compile_seconds is not None and not _COMPILED.eager
+
+
+@pytest.mark.parametrize("mode", ["1", "portable"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"block_size": 2048}, {"block_size": None}, {"quant_map": "linear"}, {"block_size": 100, "weight_decay": 0.5}],
+)
+def test_native_kernel_bit_identical_to_eager_across_layouts(monkeypatch, kwargs, mode):
+    """Block sizes that are not multiples of the kernel's 64-code step, tensor-wise blocks and the linear map."""
+    _fused_mode(monkeypatch, mode)
+    shapes = [(3, 1000), (70_001,), (5000,)]
+    native, eager = _make(shapes, 4), _make(shapes, 4)
+    a, b = AdamW8bit(native, lr=1e-2, fused=True, **kwargs), AdamW8bit(eager, lr=1e-2, fused=False, **kwargs)
+    for step in range(6):
+        _scaled_grads(native, step)
+        _scaled_grads(eager, step)
+        a.step()
+        b.step()
+        _assert_same(a, native, b, eager)
+
+
+def test_native_kernel_gives_the_same_numbers_on_one_or_two_threads(monkeypatch):
+    _fused_mode(monkeypatch, "1")
+    results = []
+    for threads in (1, 2):
+        params = _make([(300_000,)], 5)
+        opt = AdamW8bit(params, lr=1e-2, fused=True)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for step in range(3):
+                _scaled_grads(params, step)
+                opt.step()
+        finally:
+            torch.set_num_threads(previous)
+        results.append((params[0].detach().clone(), opt.state[params[0]]["state1"].clone()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
 def test_state_dict_round_trip_across_paths():
-    """A checkpoint of the compiled path resumes on the eager path and back, bit for bit."""
+    """A checkpoint of the fused path resumes on the eager path and back, bit for bit."""
     params = _make(COMPILED_SHAPES, 1)
     opt = AdamW8bit(params, lr=1e-2, fused=True)
     for step in range(3):
@@ -324,7 +381,9 @@ def test_state_dict_round_trip_across_paths():
         _assert_same(opt, params, o, ps)
 
 
-def test_compiled_path_skips_non_finite_steps():
+@pytest.mark.parametrize("mode", ["1", "0"])
+def test_fused_path_skips_non_finite_steps(monkeypatch, mode):
+    _fused_mode(monkeypatch, mode)
     params = _make(COMPILED_SHAPES, 2)
     opt = AdamW8bit(params, fused=True)
     _scaled_grads(params, 0)
@@ -342,6 +401,8 @@ def test_compiled_path_skips_non_finite_steps():
 def test_compile_failure_falls_back_to_the_same_numbers(monkeypatch):
     import thrifty.optim._lowbit as lowbit
     from thrifty.optim._core import CompiledUpdate
+
+    monkeypatch.setenv("THRIFTY_NATIVE", "0")
 
     def broken_compile(fn, **kwargs):
         def run(*args):

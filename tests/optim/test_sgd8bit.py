@@ -123,13 +123,19 @@ def test_bad_arguments(kwargs, match):
         SGD8bit([torch.zeros(3, requires_grad=True)], **kwargs)
 
 
-def test_compiled_path_bit_identical_to_eager():
-    """fused=True (one compile: 16 whole blocks, then a partial block run eagerly) equals the reference."""
+@pytest.mark.parametrize("mode", ["1", "portable", "0"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_fused_paths_bit_identical_to_eager(monkeypatch, mode, nesterov):
+    """fused=True equals the reference: the native kernel, and (THRIFTY_NATIVE=0) one compile of 16 whole
+    blocks with a partial block run eagerly."""
+    from test_adam8bit import _fused_mode
+
+    _fused_mode(monkeypatch, mode)
     shapes = [(64, 64), (4196,), (9,)]
     g = torch.Generator().manual_seed(0)
     compiled = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     eager = [torch.nn.Parameter(p.detach().clone()) for p in compiled]
-    kwargs = dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01)
+    kwargs = dict(lr=0.05, momentum=0.9, dampening=0.0 if nesterov else 0.1, weight_decay=0.01, nesterov=nesterov)
     a, b = SGD8bit(compiled, fused=True, **kwargs), SGD8bit(eager, fused=False, **kwargs)
     for step in range(20):
         _grads(compiled, step)

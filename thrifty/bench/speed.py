@@ -42,6 +42,10 @@ DEFAULT_SPECS = (
     "adamw8bit:fused",
 )
 
+# Settings an optimizer needs that have no default (SGD8bit, as torch.optim.SGD, has no default lr,
+# and stores no state without momentum).
+_REQUIRED: dict[str, dict[str, Any]] = {"sgd8bit": {"lr": 1e-3, "momentum": 0.9}}
+
 _VARIANTS: dict[str, dict[str, Any]] = {
     "fused": {"fused": True},
     "foreach": {"foreach": True},
@@ -124,7 +128,7 @@ def measure_speed(
         params = [nn.Parameter(p.clone()) for p in initial]
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
-        optimizers[spec] = create_optimizer(params, name, **kwargs)
+        optimizers[spec] = create_optimizer(params, name, **{**_REQUIRED.get(name, {}), **kwargs})
     first = {}
     for spec, opt in optimizers.items():
         start = time.perf_counter()

@@ -29,6 +29,7 @@ optimizers bit for bit.
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 from collections.abc import Callable
 from itertools import chain
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from thrifty import _native
 from thrifty.compress.quant.blockwise import (
     CodeLookup,
     _check_block_size,
@@ -73,6 +75,14 @@ class _Codebook:
         self.code = code
         self.nearest = CodeLookup(code)
         self.zero_index = int(torch.nonzero(code == 0)[0])
+        self._native: _native.Book | None = None
+
+    @property
+    def native(self) -> _native.Book | None:
+        """The map and its packed lookup table for the native kernels, or None (no packed table, not on the CPU)."""
+        if self._native is None and self.nearest.compact is not None:
+            self._native = _native.book(self.code, self.nearest.packed, *self.nearest.compact[2:])
+        return self._native
 
 
 _BOOKS: dict[tuple[str, bool, torch.device], _Codebook] = {}
@@ -290,6 +300,13 @@ class BlockwiseOptimizer(ThriftyOptimizer):
         """Structural options of ``_rule`` (a compiled kernel specialises on them)."""
         return ()
 
+    _native_kernel: str | None = None
+    """Name of the function of ``kernels.c`` that computes ``_rule`` (one or two quantized states)."""
+
+    def _native_flags(self, group: dict[str, Any]) -> int:
+        """``_options`` as the native kernel's integer flags."""
+        return 0
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One optimisation step, skipped with a warning if any gradient is not finite."""
@@ -321,7 +338,8 @@ class BlockwiseOptimizer(ThriftyOptimizer):
             step = state["step"]
             quantized = self._quantized(p, group)
             if quantized is not None and group["fused"]:
-                self._step_compiled(group, step, p, quantized)
+                if not self._step_native(group, step, p, quantized):
+                    self._step_compiled(group, step, p, quantized)
                 continue
             grad = p.grad.reshape(-1).float()
             flat = p.detach().view(-1) if p.dtype == torch.float32 and p.is_contiguous() else p.detach().reshape(-1)
@@ -358,6 +376,31 @@ class BlockwiseOptimizer(ThriftyOptimizer):
                 q.save(v)
             else:
                 q.save_chunk(start, v)
+
+    def _step_native(self, group: dict[str, Any], step: int, p: Tensor, quantized: list[QuantizedState]) -> bool:
+        """The whole tensor through the native kernel ``_native_kernel``; False (nothing done) when it cannot run."""
+        if self._native_kernel is None or not _native.usable(p, p.grad):
+            return False
+        books = [q.book.native for q in quantized]
+        lib = _native.library() if all(b is not None for b in books) else None
+        if lib is None:
+            return False
+        hp = torch.tensor(self._hyperparameters(group, step), dtype=torch.float32)
+        states: list[Any] = []
+        for q, b in zip(quantized, books, strict=True):
+            states += [q.codes.data_ptr(), q.absmax.data_ptr(), ctypes.byref(b)]
+        states += [None] * (6 - len(states))  # a one-state kernel ignores the second state's arguments
+        getattr(lib, self._native_kernel)(
+            p.data_ptr(),
+            p.grad.data_ptr(),
+            p.numel(),
+            quantized[0].size,
+            *states,
+            hp.data_ptr(),
+            self._native_flags(group),
+            torch.get_num_threads(),
+        )
+        return True
 
     def _step_compiled(self, group: dict[str, Any], step: int, p: Tensor, quantized: list[QuantizedState]) -> None:
         """The whole blocks through one compiled kernel per shape; a partial last block eagerly (same numbers)."""

@@ -57,6 +57,7 @@ class SGD8bit(BlockwiseOptimizer):
     """
 
     _states = (("momentum_buffer", True),)
+    _native_kernel = "thrifty_sgd8bit"
 
     def __init__(
         self,
@@ -119,3 +120,6 @@ class SGD8bit(BlockwiseOptimizer):
 
     def _options(self, group: dict[str, Any]) -> tuple[Any, ...]:
         return (bool(group["nesterov"]),)
+
+    def _native_flags(self, group: dict[str, Any]) -> int:
+        return int(bool(group["nesterov"]))

@@ -21,12 +21,15 @@ moment). Zero is a code value, so zeros and all-zero blocks come back exactly.
 The nearest code is found with ``torch.bucketize`` against the midpoints of adjacent codes (a
 binary search, 8 comparisons per element) rather than an argmin over all 256 codes. Ties at a
 midpoint go to the lower code. ``CodeLookup`` finds the same indices by a table lookup on the
-float's top 16 bits, for code that quantizes often (the 8-bit optimizers). ``block_size=None``
+float's top 16 bits, for code that quantizes often (the 8-bit optimizers), and ``quantize_blockwise``
+runs that lookup in the native kernel of ``thrifty._native`` for fp32 CPU tensors (same codes, about
+10 times faster than ``bucketize``). ``block_size=None``
 makes the whole tensor one block (tensor-wise quantization, the ablation of the paper).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import numbers
 import sys
@@ -34,6 +37,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from thrifty import _native
 
 __all__ = [
     "CodeLookup",
@@ -160,6 +165,7 @@ class CodeLookup:
         self.threshold = torch.cat([self.midpoints, self.midpoints.new_full((1,), math.inf)])[first]
         self._half = 1 if sys.byteorder == "little" else 0
         self._compact = self._compact_table(first, highest) if self.exact else None
+        self._packed = self._packed_table() if self._compact is not None else None
 
     def _compact_table(self, first: Tensor, highest: Tensor) -> tuple[Tensor, Tensor, int, int]:
         """The tables for ``lookup_compact``: ``first`` and ``threshold`` keyed on |y| < 2 only, with every
@@ -178,6 +184,33 @@ class CodeLookup:
         rows = [keys[:1], keys[low : high + 1]]
         index = torch.cat(rows + [r + 32768 for r in rows])
         return first[index].to(torch.uint8), self.threshold[index], low, high - low + 1
+
+    def _packed_table(self) -> Tensor | None:
+        """``compact`` as one int32 per row for the native kernels: the code in bits 0-7, a 16-bit threshold above.
+
+        A row's values share their top 16 bits, so comparing one with the row's midpoint (when the
+        row holds one) comes down to comparing low 16 bits, reversed for negative values; the
+        threshold is the midpoint's low 16 bits (complemented for negative rows), or 0xFFFF, which
+        nothing exceeds, for rows without a midpoint. None if the last row (which also takes every
+        |y| >= 2) held a midpoint, which one threshold could not express.
+        """
+        first, threshold, low, rows = self._compact
+        r = torch.arange(rows + 1, device=first.device)
+        key = torch.cat([torch.where(r == 0, 0, low + r - 1), torch.where(r == 0, 0, low + r - 1) | 0x8000])
+        bits = threshold.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+        # Row 0 holds no midpoint: its keys below ``low`` merge only when each rounds to one code.
+        inside = torch.isfinite(threshold) & ((bits >> 16) == key) & torch.cat([r > 0, r > 0])
+        edge = torch.cat([r == rows, r == rows])
+        if bool((inside & edge).any()):
+            return None
+        negative = torch.cat([torch.zeros_like(r, dtype=torch.bool), torch.ones_like(r, dtype=torch.bool)])
+        t = torch.where(inside, (bits & 0xFFFF) ^ torch.where(negative, 0xFFFF, 0), 0xFFFF)
+        return (first.to(torch.int64) | (t << 8)).to(torch.int32)
+
+    @property
+    def packed(self) -> Tensor | None:
+        """``compact``'s rows packed one int32 each (``kernels.c``'s ``book_t``), or None."""
+        return self._packed
 
     @property
     def compact(self) -> tuple[Tensor, Tensor, int, int] | None:
@@ -249,11 +282,46 @@ def quantize_blockwise(
     flat = x.detach().reshape(-1).float()
     size = flat.numel() if block_size is None else block_size
     absmax = _block_absmax(flat, size)
+    if not stochastic and flat.device.type == "cpu":
+        codes = _native_codes(flat, code, absmax, size)
+        if codes is not None:
+            return Quantized(codes.view(x.shape), absmax)
     inverse = torch.where(absmax > 0, absmax.reciprocal(), 0.0)
     normalized = flat * _per_element(inverse, flat.numel(), size)
     code = code.to(device=flat.device, dtype=torch.float32)
     codes = stochastic_code(normalized, code, generator) if stochastic else nearest_code(normalized, code)
     return Quantized(codes.view(x.shape), absmax)
+
+
+_NATIVE_BOOKS: dict[bytes, _native.Book | None] = {}
+
+
+def _native_codes(flat: Tensor, code: Tensor, absmax: Tensor, size: int) -> Tensor | None:
+    """Nearest codes of contiguous fp32 CPU ``flat`` by the native kernel (the same codes), or None if it cannot run."""
+    if flat.dtype != torch.float32 or not flat.is_contiguous() or not bool(torch.isfinite(absmax).all()):
+        return None
+    key = code.detach().cpu().float().contiguous().numpy().tobytes()
+    if key not in _NATIVE_BOOKS:
+        if len(_NATIVE_BOOKS) >= 16:  # a caller cycling through many maps gets the torch path, not unbounded tables
+            return None
+        lookup = CodeLookup(code.detach().cpu().float())
+        compact = lookup.compact
+        _NATIVE_BOOKS[key] = None if compact is None else _native.book(lookup.code, lookup.packed, *compact[2:])
+    book = _NATIVE_BOOKS[key]
+    lib = _native.library() if book is not None else None
+    if lib is None:
+        return None
+    codes = torch.empty(flat.numel(), dtype=torch.uint8)
+    lib.thrifty_quantize(
+        flat.data_ptr(),
+        flat.numel(),
+        size,
+        codes.data_ptr(),
+        absmax.data_ptr(),
+        ctypes.byref(book),
+        torch.get_num_threads(),
+    )
+    return codes
 
 
 def dequantize_blockwise(

@@ -1,0 +1,161 @@
+"""Native CPU kernels: ``kernels.c``, compiled on first use and cached.
+
+torch's fused AdamW is a hand-vectorised C++ loop; the nearest-code search of 8-bit states needs
+table lookups that ``torch.compile`` turns into scalar loads, so a ``fused=True`` step of the
+8-bit optimizers stayed several times slower than it. ``kernels.c`` writes block-wise encoding and
+the fused steps of the 8-bit optimizers and SGD-SaI with AVX-512 (byte permutes to decode codes, one
+table gather to encode; plain C where the CPU lacks AVX-512), with the same roundings as the eager
+and compiled paths, so all paths give the same numbers bit for bit (tested).
+
+The library is built once per machine with the system C compiler (``$CC``, else ``cc``) as
+``-O3 -march=native -fopenmp -ffp-contract=off`` into ``$THRIFTY_CACHE/native`` (default
+``~/.cache/thrifty/native``), keyed by a hash of the source, the flags, the compiler and the CPU,
+and loaded with ``ctypes`` (which releases the GIL during a call). Building takes about a second;
+``build_seconds()`` reports it. Without a working compiler ``library()`` warns once and returns
+``None``, and the optimizers use their ``torch.compile`` kernels instead. ``THRIFTY_NATIVE=0``
+turns the native kernels off; ``THRIFTY_NATIVE=portable`` builds them without AVX-512.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["Book", "book", "build_seconds", "library", "usable"]
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
+
+
+class Book(ctypes.Structure):
+    """``book_t`` of kernels.c: a code map and ``CodeLookup.packed``'s table (their tensors must outlive it)."""
+
+    _fields_ = [
+        ("code", ctypes.c_void_p),
+        ("entries", ctypes.c_void_p),
+        ("low", ctypes.c_int32),
+        ("rows", ctypes.c_int32),
+    ]
+
+
+_BOOKS: list[tuple[Tensor, ...]] = []  # tensors a Book points into, kept alive for the process
+
+
+def book(code: Tensor, packed: Tensor | None, low: int, rows: int) -> Book | None:
+    """A ``Book`` of an fp32 CPU map and ``CodeLookup.packed`` with its ``low``/``rows``; None without a table."""
+    if packed is None or code.device.type != "cpu" or code.dtype != torch.float32:
+        return None
+    tensors = (code.contiguous(), packed.contiguous())
+    _BOOKS.append(tensors)
+    return Book(tensors[0].data_ptr(), tensors[1].data_ptr(), low, rows)
+
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_INT = ctypes.c_int
+_SIGNATURES = {
+    "thrifty_quantize": (_P, _I64, _I64, _P, _P, _P, _INT),
+    "thrifty_adam8bit": (_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _INT, _INT),
+    "thrifty_sgd8bit": (_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _INT, _INT),
+    "thrifty_sgd_sai": (_P, _P, _P, _I64, _P, _INT),
+}
+
+_state: dict[str, object] = {}
+
+
+def _mode() -> str:
+    return os.environ.get("THRIFTY_NATIVE", "1").strip().lower()
+
+
+def _cpu_key() -> str:
+    """What ``-march=native`` depends on: the machine and, on Linux, the CPU's model and flags."""
+    key = platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return key
+    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
+    return key + "\n".join(sorted(set(lines)))
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("THRIFTY_CACHE") or Path.home() / ".cache" / "thrifty"
+    return Path(root) / "native"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+
+
+def _build(compiler: str, flags: tuple[str, ...]) -> Path:
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_key().encode()]))
+    target = _cache_dir() / f"thrifty_kernels-{digest.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run(
+            [compiler, *flags, str(SOURCE), "-o", partial, "-lm"], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+        os.replace(partial, target)  # atomic: a concurrent process sees the whole library or none
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, building them on the first call; None (after one warning) when they cannot be built."""
+    mode = _mode()
+    if mode in ("0", "off", "false", "no"):
+        return None
+    if mode in _state:
+        return _state[mode]  # type: ignore[return-value]
+    lib = None
+    start = time.perf_counter()
+    try:
+        compiler = _compiler()
+        if compiler is None:
+            raise RuntimeError("no C compiler found (set CC)")
+        flags = FLAGS + (("-mno-avx512f",) if mode == "portable" else ())
+        lib = ctypes.CDLL(str(_build(compiler, flags)))
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = list(argtypes), None
+    except Exception as exc:  # noqa: BLE001 - any build or load failure falls back to torch.compile
+        warnings.warn(
+            f"thrifty's native optimizer kernels are unavailable ({exc}); fused=True uses torch.compile kernels",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        lib = None
+    _state[mode] = lib
+    _state[f"{mode}:seconds"] = time.perf_counter() - start
+    return lib
+
+
+def build_seconds() -> float | None:
+    """Seconds the first ``library()`` call of this process took (build or cache hit), None before it."""
+    return _state.get(f"{_mode()}:seconds")  # type: ignore[return-value]
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the native kernels can update these tensors in place: contiguous fp32 on the CPU."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
