@@ -81,6 +81,7 @@ def test_32bit_states_equal_torch(cls, reference, weight_decay):
 def test_fast_path_equals_reference(options, monkeypatch):
     import thrifty.optim._lowbit as lowbit
 
+    monkeypatch.setenv("THRIFTY_NATIVE", "0")  # fused=None then runs the chunked eager path
     monkeypatch.setattr(lowbit, "CHUNK", 1024)  # several chunks per tensor, and a partial last block
     torch.manual_seed(1)
     ours = [torch.randn(70, 90, requires_grad=True), torch.randn(5000, requires_grad=True), torch.randn(9)]
@@ -338,6 +339,24 @@ def test_native_kernel_bit_identical_to_eager_across_layouts(monkeypatch, kwargs
         a.step()
         b.step()
         _assert_same(a, native, b, eager)
+
+
+def test_default_path_is_the_native_kernel(monkeypatch):
+    """fused=None runs the native kernel where it can (fp32 here) and the chunked eager path elsewhere (bf16)."""
+    import thrifty.optim._lowbit as lowbit
+
+    _fused_mode(monkeypatch, "1")
+    chunks = []
+    monkeypatch.setattr(lowbit.BlockwiseOptimizer, "_step_chunk", lambda self, *args: chunks.append(args))
+    params = [torch.nn.Parameter(torch.randn(5000))]
+    opt = AdamW8bit(params)
+    _scaled_grads(params, 0)
+    opt.step()
+    assert not chunks and opt.state[params[0]]["state1"].dtype == torch.uint8
+    half = [torch.nn.Parameter(torch.randn(5000, dtype=torch.bfloat16))]
+    half[0].grad = torch.randn(5000, dtype=torch.bfloat16)
+    AdamW8bit(half).step()
+    assert chunks
 
 
 def test_native_kernel_gives_the_same_numbers_on_one_or_two_threads(monkeypatch):

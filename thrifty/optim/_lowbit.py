@@ -6,18 +6,23 @@ step dequantizes it, runs the optimizer's update in fp32 and requantizes it with
 (Dettmers et al., arXiv 2110.02861). Smaller tensors, and parameters marked with
 ``keep_32bit_state`` (``StableEmbedding`` does this for its weight), keep fp32 state.
 
-Three paths compute the same numbers, bit for bit (tested):
+Four paths compute the same numbers, bit for bit (tested):
 
 * ``fused=False``, the reference: dequantizes whole tensors with the core's ``dequantize_blockwise``
   and requantizes with ``quantize_blockwise``;
-* ``fused=None`` (the default), chunked eager: walks each tensor in chunks of whole blocks small
-  enough to stay in cache and finds nearest codes with ``CodeLookup`` tables;
-* ``fused=True``, compiled: one ``torch.compile`` kernel per shape of a tensor's whole blocks views
-  them as ``(blocks, block_size)``, gathers the states from the 256-entry maps, times the block
-  maxima, runs the update in fp32, takes the new block maxima and requantizes by ``CodeLookup``'s
-  compact table lookup on the top 16 bits of each normalised value (a gather and a compare instead
-  of a search), writing parameter, codes and maxima in place; a partial last block runs eagerly.
-  The first step of each new shape pays the compile (seconds).
+* ``fused=None`` (the default) and ``fused=True``, native, on contiguous fp32 CPU tensors: one call
+  per tensor of the subclass's ``_native_kernel`` in ``thrifty._native`` (C with AVX-512, built on
+  first use), which decodes 64 codes at a time with byte permutes, runs the update, takes the
+  block maxima and encodes with one lookup per value in ``CodeLookup.packed``, over OpenMP threads;
+* ``fused=None`` otherwise (other dtypes or devices, no C compiler, ``THRIFTY_NATIVE=0``), chunked
+  eager: walks each tensor in chunks of whole blocks small enough to stay in cache and finds
+  nearest codes with ``CodeLookup`` tables;
+* ``fused=True`` otherwise, compiled: one ``torch.compile`` kernel per shape of a tensor's whole
+  blocks views them as ``(blocks, block_size)``, gathers the states from the 256-entry maps, times
+  the block maxima, runs the update in fp32, takes the new block maxima and requantizes by
+  ``CodeLookup``'s compact table lookup on the top 16 bits of each normalised value (a gather and
+  a compare instead of a search), writing parameter, codes and maxima in place; a partial last
+  block runs eagerly. The first step of each new shape pays the compile (seconds).
 
 Bit-identical results need every path to round alike, so the update of quantized states is a
 ``_rule`` of separately rounded operations: no ``lerp``/``addcmul``/``add(alpha=)``, which ATen's
@@ -337,10 +342,12 @@ class BlockwiseOptimizer(ThriftyOptimizer):
             state["step"] += 1
             step = state["step"]
             quantized = self._quantized(p, group)
-            if quantized is not None and group["fused"]:
-                if not self._step_native(group, step, p, quantized):
+            if quantized is not None and group["fused"] is not False:
+                if self._step_native(group, step, p, quantized):
+                    continue
+                if group["fused"]:
                     self._step_compiled(group, step, p, quantized)
-                continue
+                    continue
             grad = p.grad.reshape(-1).float()
             flat = p.detach().view(-1) if p.dtype == torch.float32 and p.is_contiguous() else p.detach().reshape(-1)
             work = flat if flat.dtype == torch.float32 else flat.float()

@@ -17,7 +17,7 @@ dequantizer of ``thrifty.compress.quant`` (signed dynamic code)::
 This is ``torch.optim.SGD``'s rule (bitsandbytes' CPU update is the same with ``dampening=0`` and
 no Nesterov), so with the buffer in 32 bit the two agree bit for bit. A quantized buffer uses the
 same formulas with one rounding per operation (no fused multiply-add), which the eager paths and
-the compiled ``fused=True`` kernel reproduce alike. Plain SGD has no state to
+the native and compiled ``fused=True`` kernels reproduce alike. Plain SGD has no state to
 quantize, so ``momentum`` must be positive (bitsandbytes raises too).
 """
 
@@ -48,9 +48,10 @@ class SGD8bit(BlockwiseOptimizer):
         min_8bit_size: tensors with fewer elements keep an fp32 buffer (4096, as bitsandbytes).
         block_size: elements per absmax block (256); ``None`` for one block per tensor.
         quant_map: ``"dynamic"`` (the paper's code) or ``"linear"``.
-        fused: ``None`` (default) for the chunked eager path, ``False`` for the whole-tensor
-            reference path, ``True`` for one ``torch.compile`` kernel per tensor shape (the first
-            step of each new shape pays the compile); all three give the same numbers, bit for bit.
+        fused: ``False`` for the whole-tensor reference path; ``None`` (default) or ``True`` for a
+            native C kernel on contiguous fp32 CPU tensors, else a chunked eager path (``None``) or
+            a ``torch.compile`` kernel (``True``), as ``Adam8bit``; all give the same numbers, bit
+            for bit.
 
     State per parameter: ``step`` (int), ``state1`` (uint8 codes of the buffer, or fp32 when kept in
     32 bit) and ``absmax1``. A step with a non-finite gradient is skipped with a ``RuntimeWarning``.
