@@ -8,7 +8,8 @@ import torch
 
 from thrifty import _native
 from thrifty.compress.quant.blockwise import CodeLookup, dynamic_map, linear_map, nearest_code
-from thrifty.optim import SGDSaI
+from thrifty.optim import DiffGrad, SGDSaI
+from thrifty.optim.diffgrad import _diffgrad_update
 from thrifty.optim.sgd_sai import _sgd_sai_update
 
 MAPS = {
@@ -130,3 +131,43 @@ def test_sgd_sai_fused_uses_the_native_kernel(monkeypatch):
         fused.step()
         eager.step()
     torch.testing.assert_close(p, ref, rtol=1e-5, atol=1e-6)  # ulps apart: the reference adds with alpha
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_diffgrad_native_step_matches_the_eager_update(monkeypatch, mode):
+    """Every operation as _diffgrad_update; only exp differs (Cephes polynomial with AVX-512, libm's expf without)."""
+    monkeypatch.setenv("THRIFTY_NATIVE", mode)
+    g = torch.Generator().manual_seed(1)
+    n = 70_001
+    p, grad, prev = (torch.randn(n, generator=g) for _ in range(3))
+    prev[:100] = grad[:100] + torch.linspace(0, 200, 100)  # frictions from 0.5 up to exp underflow
+    m, v = torch.randn(n, generator=g), torch.rand(n, generator=g)
+    hp = torch.tensor([0.9, 0.999, 1e-3, 1e-8, 0.01, -1.0])
+    expected = [t.clone() for t in (p, grad, m, v, prev)]
+    _diffgrad_update(*expected, hp)
+    lib = _native.library()
+    lib.thrifty_diffgrad(*(t.data_ptr() for t in (p, grad, m, v, prev)), n, hp.data_ptr(), 2)
+    for got, want in zip((p, m, v, prev), (expected[0], *expected[2:]), strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_diffgrad_fused_uses_the_native_kernel(monkeypatch, mode):
+    import thrifty.optim.diffgrad as diffgrad
+
+    def fail(*args):
+        raise AssertionError("the torch.compile kernel ran instead of the native one")
+
+    monkeypatch.setenv("THRIFTY_NATIVE", mode)
+    monkeypatch.setattr(diffgrad, "_FUSED_UPDATE", fail)
+    gen = torch.Generator().manual_seed(2)
+    p = torch.nn.Parameter(torch.randn(300, 70, generator=gen))
+    ref = torch.nn.Parameter(p.detach().clone())
+    fused = DiffGrad([p], lr=1e-2, weight_decay=0.1, fused=True)
+    eager = DiffGrad([ref], lr=1e-2, weight_decay=0.1, foreach=False)
+    for _ in range(10):
+        p.grad = torch.randn(p.shape, generator=gen)
+        ref.grad = p.grad.clone()
+        fused.step()
+        eager.step()
+    torch.testing.assert_close(p, ref, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,7 @@
 torch's fused AdamW is a hand-vectorised C++ loop; the nearest-code search of 8-bit states needs
 table lookups that ``torch.compile`` turns into scalar loads, so a ``fused=True`` step of the
 8-bit optimizers stayed several times slower than it. ``kernels.c`` writes block-wise encoding and
-the fused steps of the 8-bit optimizers and SGD-SaI with AVX-512 (byte permutes to decode codes, one
+the fused steps of the 8-bit optimizers, SGD-SaI and diffGrad with AVX-512 (byte permutes to decode codes, one
 table gather to encode; plain C where the CPU lacks AVX-512), with the same roundings as the eager
 and compiled paths, so all paths give the same numbers bit for bit (tested).
 
@@ -69,6 +69,7 @@ _SIGNATURES = {
     "thrifty_adam8bit": (_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _INT, _INT),
     "thrifty_sgd8bit": (_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _INT, _INT),
     "thrifty_sgd_sai": (_P, _P, _P, _I64, _P, _INT),
+    "thrifty_diffgrad": (_P, _P, _P, _P, _P, _I64, _P, _INT),
 }
 
 _state: dict[str, object] = {}

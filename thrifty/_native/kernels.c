@@ -321,3 +321,66 @@ void thrifty_sgd_sai(float *p, const float *g, float *buf, int64_t n, const floa
         p[i] = p[i] * decay - step * bi;
     }
 }
+
+#ifdef __AVX512F__
+/* exp(x) for x <= 0 (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in r, times 2^n); within
+ * about 2 ulp of expf, 0 below -88. */
+static inline __m512 exp_nonpositive(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(y, n);
+}
+#endif
+
+/* diffGrad, fp32 state: thrifty.optim.diffgrad._diffgrad_update (the same operations; exp to about 2 ulp).
+ * hp: beta1, beta2, lr * sqrt(1 - beta2**t) / (1 - beta1**t), eps, weight_decay, sign (-1 to maximize). */
+void thrifty_diffgrad(float *p, const float *grad, float *m, float *v, float *prev, int64_t n, const float *hp,
+                      int nthreads) {
+    const float beta1 = hp[0], beta2 = hp[1], step = hp[2], eps = hp[3], weight_decay = hp[4], sign = hp[5];
+    const float w1 = 1.0f - beta1, w2 = 1.0f - beta2;
+#ifdef __AVX512F__
+    const int64_t vectors = (n + 15) / 16;
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, nthreads))
+    for (int64_t j = 0; j < vectors; j++) {
+        const int64_t i = 16 * j;
+        const __mmask16 k = lanes(n - i);
+        __m512 pi = _mm512_maskz_loadu_ps(k, p + i);
+        __m512 g = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, grad + i), _mm512_set1_ps(sign)),
+                                 _mm512_mul_ps(_mm512_set1_ps(weight_decay), pi));
+        __m512 mi = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, m + i), _mm512_set1_ps(beta1)),
+                                  _mm512_mul_ps(g, _mm512_set1_ps(w1)));
+        __m512 vi = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, v + i), _mm512_set1_ps(beta2)),
+                                  _mm512_mul_ps(_mm512_mul_ps(g, g), _mm512_set1_ps(w2)));
+        __m512 distance = absolute(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, prev + i), g));
+        __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), distance));
+        __m512 xi = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+        __m512 denom = _mm512_add_ps(_mm512_sqrt_ps(vi), _mm512_set1_ps(eps));
+        __m512 update = _mm512_div_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(step), xi), mi), denom);
+        _mm512_mask_storeu_ps(m + i, k, mi);
+        _mm512_mask_storeu_ps(v + i, k, vi);
+        _mm512_mask_storeu_ps(prev + i, k, g);
+        _mm512_mask_storeu_ps(p + i, k, _mm512_sub_ps(pi, update));
+    }
+#else
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, nthreads))
+    for (int64_t i = 0; i < n; i++) {
+        float g = grad[i] * sign + weight_decay * p[i];
+        float mi = m[i] * beta1 + g * w1;
+        float vi = v[i] * beta2 + (g * g) * w2;
+        float xi = 1.0f / (1.0f + expf(-fabsf(prev[i] - g)));
+        m[i] = mi;
+        v[i] = vi;
+        prev[i] = g;
+        p[i] = p[i] - ((step * xi) * mi) / (sqrtf(vi) + eps);
+    }
+#endif
+}
