@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lowbit_problem import deviation, load_fixture, run
+from test_adam8bit import FUSED_MODES, _fused_mode
 
 from thrifty.compress.quant import dynamic_map
 from thrifty.optim import SGD8bit, state_bytes
@@ -123,13 +124,11 @@ def test_bad_arguments(kwargs, match):
         SGD8bit([torch.zeros(3, requires_grad=True)], **kwargs)
 
 
-@pytest.mark.parametrize("mode", ["1", "portable", "0"])
+@pytest.mark.parametrize("mode", FUSED_MODES)
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_fused_paths_bit_identical_to_eager(monkeypatch, mode, nesterov):
     """fused=True equals the reference: the native kernel, and (THRIFTY_NATIVE=0) one compile of 16 whole
     blocks with a partial block run eagerly."""
-    from test_adam8bit import _fused_mode
-
     _fused_mode(monkeypatch, mode)
     shapes = [(64, 64), (4196,), (9,)]
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,8 @@ The library is built once per machine with the system C compiler (``$CC``, else 
 and loaded with ``ctypes`` (which releases the GIL during a call). Building takes about a second;
 ``build_seconds()`` reports it. Without a working compiler ``library()`` warns once and returns
 ``None``, and the optimizers use their ``torch.compile`` kernels instead. ``THRIFTY_NATIVE=0``
-turns the native kernels off; ``THRIFTY_NATIVE=portable`` builds them without AVX-512.
+turns the native kernels off; ``THRIFTY_NATIVE_CFLAGS`` adds compiler arguments (``-mno-avx512f``
+builds the plain C loops, ``-mno-avx512vbmi`` the AVX-512 loops without byte permutes).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -72,11 +74,14 @@ _SIGNATURES = {
     "thrifty_diffgrad": (_P, _P, _P, _P, _P, _I64, _P, _INT),
 }
 
-_state: dict[str, object] = {}
+_state: dict[tuple[str, ...], tuple[ctypes.CDLL | None, float]] = {}  # per extra flags: library, seconds
 
 
-def _mode() -> str:
-    return os.environ.get("THRIFTY_NATIVE", "1").strip().lower()
+def _extra_flags() -> tuple[str, ...] | None:
+    """``$THRIFTY_NATIVE_CFLAGS`` as compiler arguments, or None when ``$THRIFTY_NATIVE`` turns the kernels off."""
+    if os.environ.get("THRIFTY_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
+        return None
+    return tuple(shlex.split(os.environ.get("THRIFTY_NATIVE_CFLAGS", "")))
 
 
 def _cpu_key() -> str:
@@ -124,37 +129,37 @@ def _build(compiler: str, flags: tuple[str, ...]) -> Path:
 
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, building them on the first call; None (after one warning) when they cannot be built."""
-    mode = _mode()
-    if mode in ("0", "off", "false", "no"):
+    extra = _extra_flags()
+    if extra is None:
         return None
-    if mode in _state:
-        return _state[mode]  # type: ignore[return-value]
+    if extra in _state:
+        return _state[extra][0]
     lib = None
     start = time.perf_counter()
     try:
         compiler = _compiler()
         if compiler is None:
             raise RuntimeError("no C compiler found (set CC)")
-        flags = FLAGS + (("-mno-avx512f",) if mode == "portable" else ())
-        lib = ctypes.CDLL(str(_build(compiler, flags)))
+        lib = ctypes.CDLL(str(_build(compiler, FLAGS + extra)))
         for name, argtypes in _SIGNATURES.items():
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = list(argtypes), None
-    except Exception as exc:  # noqa: BLE001 - any build or load failure falls back to torch.compile
+    except Exception as exc:  # noqa: BLE001 - any build or load failure falls back to torch paths
         warnings.warn(
-            f"thrifty's native optimizer kernels are unavailable ({exc}); fused=True uses torch.compile kernels",
+            f"thrifty's native kernels are unavailable ({exc}); the fused paths use torch.compile kernels "
+            "and the 8-bit optimizers' default path runs eagerly",
             RuntimeWarning,
             stacklevel=2,
         )
         lib = None
-    _state[mode] = lib
-    _state[f"{mode}:seconds"] = time.perf_counter() - start
+    _state[extra] = (lib, time.perf_counter() - start)
     return lib
 
 
 def build_seconds() -> float | None:
     """Seconds the first ``library()`` call of this process took (build or cache hit), None before it."""
-    return _state.get(f"{_mode()}:seconds")  # type: ignore[return-value]
+    extra = _extra_flags()
+    return _state[extra][1] if extra in _state else None
 
 
 def usable(*tensors: Tensor) -> bool:
