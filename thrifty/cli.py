@@ -340,6 +340,7 @@ def _cmd_train(args: argparse.Namespace, console: Console) -> int:
 def _cmd_speed(args: argparse.Namespace, console: Console) -> int:
     from rich.progress import Progress
 
+    from thrifty import _native
     from thrifty.bench.env import environment
     from thrifty.bench.speed import DEFAULT_SPECS, MODELS, measure_speed, parse_spec
     from thrifty.optim import UnknownOptimizerError
@@ -377,12 +378,17 @@ def _cmd_speed(args: argparse.Namespace, console: Console) -> int:
             state_ratio,
         )
     console.print(table)
+    native = _native.build_seconds()
+    if native is not None:
+        built = "unavailable" if _native.library() is None else "ready"
+        console.print(f"native kernels {built} after {native:.2f} s (a build, or a load from the cache), in 1st ms")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "model": args.model,
         "rounds": args.rounds,
         "environment": environment(),
+        "native_kernel_seconds": native,
         "results": [r.to_dict() for r in results],
     }
     (out / "speed.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -39,7 +39,11 @@ DEFAULT_SPECS = (
     "diffgrad:single",
     "diffgrad:foreach",
     "diffgrad:fused",
-    "adamw8bit:fused",
+    "adagrad",
+    "adagrad_norm",
+    "adamw8bit",
+    "adamw8bit:reference",
+    "sgd8bit",
 )
 
 # Settings an optimizer needs that have no default (SGD8bit, as torch.optim.SGD, has no default lr,
