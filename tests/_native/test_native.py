@@ -114,7 +114,12 @@ def test_sgd_sai_native_step_equals_the_eager_update(monkeypatch, cflags, thread
     hp = torch.tensor([0.9, 1 - 1e-4, 0.03, -1.0])
     expected_p, expected_buf = p.clone(), buf.clone()
     _sgd_sai_update(expected_p, grad, expected_buf, hp)
-    _native.library().thrifty_sgd_sai(p.data_ptr(), grad.data_ptr(), buf.data_ptr(), n, hp.data_ptr(), threads)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _native.step32bit(_native.library(), "sgd_sai", [(p, grad, buf)], [tuple(hp.tolist())])
+    finally:
+        torch.set_num_threads(previous)
     assert torch.equal(p, expected_p) and torch.equal(buf, expected_buf)
 
 
@@ -148,8 +153,7 @@ def test_diffgrad_native_step_matches_the_eager_update(monkeypatch, cflags):
     hp = torch.tensor([0.9, 0.999, 1e-3, 1e-8, 0.01, -1.0])
     expected = [t.clone() for t in (p, grad, m, v, prev)]
     _diffgrad_update(*expected, hp)
-    lib = _native.library()
-    lib.thrifty_diffgrad(*(t.data_ptr() for t in (p, grad, m, v, prev)), n, hp.data_ptr(), 2)
+    _native.step32bit(_native.library(), "diffgrad", [(p, grad, m, v, prev)], [tuple(hp.tolist())])
     for got, want in zip((p, m, v, prev), (expected[0], *expected[2:]), strict=True):
         torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-9)
 

@@ -364,6 +364,24 @@ def test_default_path_is_the_native_kernel(monkeypatch):
     assert chunks
 
 
+@pytest.mark.parametrize("mode", BUILDS)
+def test_native_batch_of_tensors_at_different_steps(monkeypatch, mode):
+    """One native call updates tensors whose bias corrections differ (one joins late) and tiny ones, as eager."""
+    _fused_mode(monkeypatch, mode)
+    shapes = [(5000,), (40_000,), (4096,), (3, 4097)]
+    native, eager = _make(shapes, 6), _make(shapes, 6)
+    a, b = AdamW8bit(native, lr=1e-2), AdamW8bit(eager, lr=1e-2, fused=False)
+    for step in range(5):
+        _scaled_grads(native, step)
+        _scaled_grads(eager, step)
+        if step < 2:
+            native[1].grad = eager[1].grad = None
+        a.step()
+        b.step()
+        _assert_same(a, native, b, eager)
+    assert a.state[native[1]]["step"] == 3 and a.state[native[0]]["step"] == 5
+
+
 def test_native_kernel_gives_the_same_numbers_on_one_or_two_threads(monkeypatch):
     _fused_mode(monkeypatch, "")
     results = []

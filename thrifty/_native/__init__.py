@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["Book", "book", "build_seconds", "library", "usable"]
+__all__ = ["Book", "book", "build_seconds", "library", "step32bit", "step8bit", "usable"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
@@ -67,11 +67,9 @@ _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _INT = ctypes.c_int
 _SIGNATURES = {
-    "thrifty_quantize": (_P, _I64, _I64, _P, _P, _P, _INT),
-    "thrifty_adam8bit": (_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _INT, _INT),
-    "thrifty_sgd8bit": (_P, _P, _I64, _I64, _P, _P, _P, _P, _P, _P, _P, _INT, _INT),
-    "thrifty_sgd_sai": (_P, _P, _P, _I64, _P, _INT),
-    "thrifty_diffgrad": (_P, _P, _P, _P, _P, _I64, _P, _INT),
+    "thrifty_quantize": ((_P, _I64, _I64, _P, _P, _P, _INT), None),
+    "thrifty_step8bit": ((_INT, _I64, _P, _P, _P, _P, _P, _P, _INT, _INT), _INT),
+    "thrifty_step32bit": ((_INT, _I64, _P, _P, _P, _INT), _INT),
 }
 
 _state: dict[tuple[str, ...], tuple[ctypes.CDLL | None, float]] = {}  # per extra flags: library, seconds
@@ -141,9 +139,9 @@ def library() -> ctypes.CDLL | None:
         if compiler is None:
             raise RuntimeError("no C compiler found (set CC)")
         lib = ctypes.CDLL(str(_build(compiler, FLAGS + extra)))
-        for name, argtypes in _SIGNATURES.items():
+        for name, (argtypes, restype) in _SIGNATURES.items():
             fn = getattr(lib, name)
-            fn.argtypes, fn.restype = list(argtypes), None
+            fn.argtypes, fn.restype = list(argtypes), restype
     except Exception as exc:  # noqa: BLE001 - any build or load failure falls back to torch paths
         warnings.warn(
             f"thrifty's native kernels are unavailable ({exc}); the fused paths use torch.compile kernels "
@@ -160,6 +158,54 @@ def build_seconds() -> float | None:
     """Seconds the first ``library()`` call of this process took (build or cache hit), None before it."""
     extra = _extra_flags()
     return _state[extra][1] if extra in _state else None
+
+
+KERNELS_8BIT = {"adam": 0, "sgd": 1}
+KERNELS_32BIT = {"sgd_sai": 0, "diffgrad": 1}
+
+
+def step8bit(
+    lib: ctypes.CDLL,
+    kernel: str,
+    tensors: list[tuple[Tensor, ...]],
+    blocks: list[int],
+    books: tuple[Book, Book | None],
+    hp: list[tuple[float, ...]],
+    flags: int = 0,
+) -> None:
+    """One step of several tensors of an 8-bit optimizer in one call; ``tensors`` holds (param, grad,
+    codes1, absmax1[, codes2, absmax2]) per parameter, all contiguous on the CPU."""
+    ptrs = torch.tensor([[t.data_ptr() for t in ts] + [0] * (6 - len(ts)) for ts in tensors], dtype=torch.int64)
+    sizes = torch.tensor([ts[0].numel() for ts in tensors], dtype=torch.int64)
+    block_sizes = torch.tensor(blocks, dtype=torch.int64)
+    hps = torch.tensor([list(h) + [0.0] * (8 - len(h)) for h in hp], dtype=torch.float32)
+    second = ctypes.byref(books[1]) if books[1] is not None else None
+    done = lib.thrifty_step8bit(
+        KERNELS_8BIT[kernel],
+        len(tensors),
+        ptrs.data_ptr(),
+        sizes.data_ptr(),
+        block_sizes.data_ptr(),
+        ctypes.byref(books[0]),
+        second,
+        hps.data_ptr(),
+        flags,
+        torch.get_num_threads(),
+    )
+    if not done:
+        raise MemoryError("thrifty's native 8-bit step could not allocate its buffers (nothing was changed)")
+
+
+def step32bit(lib: ctypes.CDLL, kernel: str, tensors: list[tuple[Tensor, ...]], hp: list[tuple[float, ...]]) -> None:
+    """One step of several fp32 tensors of an elementwise optimizer in one call (``KERNELS_32BIT``'s layouts)."""
+    ptrs = torch.tensor([[t.data_ptr() for t in ts] for ts in tensors], dtype=torch.int64)
+    sizes = torch.tensor([ts[0].numel() for ts in tensors], dtype=torch.int64)
+    hps = torch.tensor([list(h) + [0.0] * (8 - len(h)) for h in hp], dtype=torch.float32)
+    done = lib.thrifty_step32bit(
+        KERNELS_32BIT[kernel], len(tensors), ptrs.data_ptr(), sizes.data_ptr(), hps.data_ptr(), torch.get_num_threads()
+    )
+    if not done:
+        raise MemoryError("thrifty's native step could not allocate its work list (nothing was changed)")
 
 
 def usable(*tensors: Tensor) -> bool:

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <omp.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -171,151 +172,222 @@ void thrifty_quantize(const float *x, int64_t n, int64_t block, uint8_t *codes, 
     }
 }
 
-/* Adam/AdamW with quantized m (signed map) and v (unsigned map): thrifty.optim.Adam8bit._rule.
- * hp: 1 - beta1, beta2, 1 - beta2, sqrt(1 - beta2**t), eps, 1 - lr * weight_decay, -lr / (1 - beta1**t). */
-void thrifty_adam8bit(float *p, const float *g, int64_t n, int64_t block, uint8_t *c1, float *a1, const book_t *b1,
-                      uint8_t *c2, float *a2, const book_t *b2, const float *hp, int flags, int nthreads) {
-    (void)flags;
+/* The tensors of one call cut into work items of whole chunks (the last of a tensor may be shorter),
+ * which the threads take in order: each tensor is walked front to back, one item after another. */
+typedef struct {
+    int64_t k;
+    const int64_t *sizes;
+    const int64_t *chunks; /* elements per item of each tensor */
+    int64_t *first;        /* item index of each tensor's first item; first[k] = number of items */
+    int64_t total;         /* elements in all tensors */
+} work_t;
+
+static int plan(work_t *w, int64_t k, const int64_t *sizes, const int64_t *chunks) {
+    w->k = k, w->sizes = sizes, w->chunks = chunks, w->total = 0;
+    w->first = malloc((size_t)(k + 1) * sizeof(int64_t));
+    if (w->first == NULL) return 0;
+    w->first[0] = 0;
+    for (int64_t t = 0; t < k; t++) {
+        w->first[t + 1] = w->first[t] + (sizes[t] + chunks[t] - 1) / chunks[t];
+        w->total += sizes[t];
+    }
+    return 1;
+}
+
+/* Tensor and element range of item i (a binary search over first). */
+static inline int64_t locate(const work_t *w, int64_t i, int64_t *start, int64_t *end) {
+    int64_t lo = 0, hi = w->k - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2;
+        if (w->first[mid] <= i) lo = mid;
+        else hi = mid - 1;
+    }
+    *start = (i - w->first[lo]) * w->chunks[lo];
+    *end = *start + w->chunks[lo] < w->sizes[lo] ? *start + w->chunks[lo] : w->sizes[lo];
+    return lo;
+}
+
+/* Elements per work item: whole blocks of at least this many elements (a multiple of 64). */
+#define CHUNK 16384
+
+/* Adam/AdamW with quantized m (signed map) and v (unsigned map) over blocks [b0, b1) of one tensor:
+ * thrifty.optim.Adam8bit._rule. hp: 1 - beta1, beta2, 1 - beta2, sqrt(1 - beta2**t), eps,
+ * 1 - lr * weight_decay, -lr / (1 - beta1**t). The scratch holds 2 * block floats. */
+static void adam8bit_blocks(float *p, const float *g, int64_t n, int64_t block, int64_t b0, int64_t b1, uint8_t *c1,
+                            float *a1, const book_t *book1, uint8_t *c2, float *a2, const book_t *book2,
+                            const float *hp, const void *d1, const void *d2, float *scratch) {
     const float w1 = hp[0], beta2 = hp[1], w2 = hp[2], correction2 = hp[3], eps = hp[4], decay = hp[5], step = hp[6];
-    const int64_t nblocks = (n + block - 1) / block;
-    const int64_t chunk = block >= 4096 ? 1 : 4096 / block;
+    float *m = scratch, *v = scratch + block;
+    (void)d1, (void)d2;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t start = b * block;
+        const int64_t len = start + block <= n ? block : n - start;
+        float *pb = p + start;
+        const float *gb = g + start;
+        float max1 = 0.0f, max2 = 0.0f;
+        int64_t i = 0;
+#ifdef __AVX512F__
+        const __m512i order = decode_order();
+        const __m512 s1 = _mm512_set1_ps(a1[b]), s2 = _mm512_set1_ps(a2[b]);
+        const __m512 vw1 = _mm512_set1_ps(w1), vbeta2 = _mm512_set1_ps(beta2), vw2 = _mm512_set1_ps(w2);
+        const __m512 vcorr = _mm512_set1_ps(correction2), veps = _mm512_set1_ps(eps);
+        const __m512 vdecay = _mm512_set1_ps(decay), vstep = _mm512_set1_ps(step);
+        __m512 vmax1 = _mm512_setzero_ps(), vmax2 = _mm512_setzero_ps();
+        for (; i < len; i += 64) {
+            __m512 ms[4], vs[4];
+            __mmask64 k64 = lanes64(len - i);
+            decode64(c1 + start + i, k64, (const DECODER *)d1, order, s1, ms);
+            decode64(c2 + start + i, k64, (const DECODER *)d2, order, s2, vs);
+            for (int j = 0; j < 4 && i + 16 * j < len; j++) {
+                const int64_t o = i + 16 * j;
+                __mmask16 k = lanes(len - o);
+                __m512 mi = ms[j], vi = vs[j];
+                __m512 gi = _mm512_maskz_loadu_ps(k, gb + o);
+                __m512 pi = _mm512_maskz_loadu_ps(k, pb + o);
+                mi = _mm512_add_ps(mi, _mm512_mul_ps(vw1, _mm512_sub_ps(gi, mi)));
+                vi = _mm512_add_ps(_mm512_mul_ps(vi, vbeta2), _mm512_mul_ps(_mm512_mul_ps(vw2, gi), gi));
+                __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), vcorr), veps);
+                pi = _mm512_add_ps(_mm512_mul_ps(pi, vdecay), _mm512_div_ps(_mm512_mul_ps(vstep, mi), denom));
+                _mm512_mask_storeu_ps(pb + o, k, pi);
+                _mm512_mask_storeu_ps(m + o, k, mi);
+                _mm512_mask_storeu_ps(v + o, k, vi);
+                vmax1 = _mm512_mask_max_ps(vmax1, k, vmax1, absolute(mi));
+                vmax2 = _mm512_mask_max_ps(vmax2, k, vmax2, absolute(vi));
+            }
+        }
+        max1 = _mm512_reduce_max_ps(vmax1);
+        max2 = _mm512_reduce_max_ps(vmax2);
+#endif
+        for (; i < len; i++) {
+            float mi = book1->code[c1[start + i]] * a1[b];
+            float vi = book2->code[c2[start + i]] * a2[b];
+            float gi = gb[i];
+            mi = mi + w1 * (gi - mi);
+            vi = vi * beta2 + (w2 * gi) * gi;
+            pb[i] = pb[i] * decay + (step * mi) / (sqrtf(vi) / correction2 + eps);
+            m[i] = mi;
+            v[i] = vi;
+            max1 = fabsf(mi) > max1 ? fabsf(mi) : max1;
+            max2 = fabsf(vi) > max2 ? fabsf(vi) : max2;
+        }
+        encode_block(m, len, max1, c1 + start, a1 + b, book1);
+        encode_block(v, len, max2, c2 + start, a2 + b, book2);
+    }
+}
+
+/* SGD with a quantized momentum buffer (signed map) over blocks [b0, b1): thrifty.optim.SGD8bit._rule.
+ * hp: momentum, 1 - dampening, weight_decay, -lr, 1 on the first step else 0; flags = nesterov. */
+static void sgd8bit_blocks(float *p, const float *g, int64_t n, int64_t block, int64_t b0, int64_t b1, uint8_t *c1,
+                           float *a1, const book_t *book1, const float *hp, int nesterov, const void *d1,
+                           float *buf) {
+    const float momentum = hp[0], damping = hp[1], weight_decay = hp[2], neg_lr = hp[3];
+    const int first = hp[4] > 0.0f;
+    (void)d1;
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t start = b * block;
+        const int64_t len = start + block <= n ? block : n - start;
+        float *pb = p + start;
+        const float *gb = g + start;
+        float max1 = 0.0f;
+        int64_t i = 0;
+#ifdef __AVX512F__
+        const __m512i order = decode_order();
+        const __m512 s1 = _mm512_set1_ps(a1[b]), vmom = _mm512_set1_ps(momentum);
+        const __m512 vdamp = _mm512_set1_ps(damping), vwd = _mm512_set1_ps(weight_decay);
+        const __m512 vlr = _mm512_set1_ps(neg_lr);
+        __m512 vmax1 = _mm512_setzero_ps();
+        for (; i < len; i += 64) {
+            __m512 bs[4];
+            decode64(c1 + start + i, lanes64(len - i), (const DECODER *)d1, order, s1, bs);
+            for (int j = 0; j < 4 && i + 16 * j < len; j++) {
+                const int64_t o = i + 16 * j;
+                __mmask16 k = lanes(len - o);
+                __m512 pi = _mm512_maskz_loadu_ps(k, pb + o);
+                __m512 gi = _mm512_add_ps(_mm512_maskz_loadu_ps(k, gb + o), _mm512_mul_ps(vwd, pi));
+                __m512 bi = first ? gi : _mm512_add_ps(_mm512_mul_ps(bs[j], vmom), _mm512_mul_ps(vdamp, gi));
+                __m512 update = nesterov ? _mm512_add_ps(gi, _mm512_mul_ps(vmom, bi)) : bi;
+                _mm512_mask_storeu_ps(pb + o, k, _mm512_add_ps(pi, _mm512_mul_ps(vlr, update)));
+                _mm512_mask_storeu_ps(buf + o, k, bi);
+                vmax1 = _mm512_mask_max_ps(vmax1, k, vmax1, absolute(bi));
+            }
+        }
+        max1 = _mm512_reduce_max_ps(vmax1);
+#endif
+        for (; i < len; i++) {
+            float gi = gb[i] + weight_decay * pb[i];
+            float bi = first ? gi : (book1->code[c1[start + i]] * a1[b]) * momentum + damping * gi;
+            float update = nesterov ? gi + momentum * bi : bi;
+            pb[i] = pb[i] + neg_lr * update;
+            buf[i] = bi;
+            max1 = fabsf(bi) > max1 ? fabsf(bi) : max1;
+        }
+        encode_block(buf, len, max1, c1 + start, a1 + b, book1);
+    }
+}
+
+/* One step of k tensors of an 8-bit optimizer (kernel 0: Adam/AdamW, 1: SGD): tensor t has sizes[t]
+ * elements in blocks of blocks[t], its pointers in ptrs[6 t ..] (parameter, gradient, codes and maxima
+ * of the first and the second state) and its hyperparameters in hp[8 t ..]. Returns 0, having changed
+ * nothing, if out of memory. */
+int thrifty_step8bit(int kernel, int64_t k, const int64_t *ptrs, const int64_t *sizes, const int64_t *blocks,
+                     const book_t *b1, const book_t *b2, const float *hp, int flags, int nthreads) {
+    int64_t *chunks = malloc((size_t)k * sizeof(int64_t));
+    work_t w = {0};
+    if (chunks == NULL) return 0;
+    int64_t scratch = 0;
+    for (int64_t t = 0; t < k; t++) {
+        chunks[t] = blocks[t] >= CHUNK ? blocks[t] : CHUNK / blocks[t] * blocks[t];
+        scratch = blocks[t] > scratch ? blocks[t] : scratch;
+    }
+    if (!plan(&w, k, sizes, chunks)) {
+        free(chunks);
+        return 0;
+    }
+    const int nt = threads_for(w.total, nthreads);
+    float *buffers = malloc((size_t)nt * 2 * (size_t)scratch * sizeof(float));
+    if (buffers == NULL) {
+        free(w.first);
+        free(chunks);
+        return 0;
+    }
 #ifdef __AVX512F__
     DECODER d1, d2;
     MAKE_DECODER(&d1, b1->code);
-    MAKE_DECODER(&d2, b2->code);
+    if (kernel == 0) MAKE_DECODER(&d2, b2->code);
+    const void *pd1 = &d1, *pd2 = &d2;
+#else
+    const void *pd1 = NULL, *pd2 = NULL;
 #endif
-#pragma omp parallel num_threads(threads_for(n, nthreads))
+#pragma omp parallel num_threads(nt)
     {
-        float *m = malloc(2 * (size_t)block * sizeof(float));
-        float *v = m + block;
-#pragma omp for schedule(guided, chunk)
-        for (int64_t b = 0; b < nblocks; b++) {
-            const int64_t start = b * block;
-            const int64_t len = start + block <= n ? block : n - start;
-            float *pb = p + start;
-            const float *gb = g + start;
-            float max1 = 0.0f, max2 = 0.0f;
-            int64_t i = 0;
-#ifdef __AVX512F__
-            const __m512i order = decode_order();
-            const __m512 s1 = _mm512_set1_ps(a1[b]), s2 = _mm512_set1_ps(a2[b]);
-            const __m512 vw1 = _mm512_set1_ps(w1), vbeta2 = _mm512_set1_ps(beta2), vw2 = _mm512_set1_ps(w2);
-            const __m512 vcorr = _mm512_set1_ps(correction2), veps = _mm512_set1_ps(eps);
-            const __m512 vdecay = _mm512_set1_ps(decay), vstep = _mm512_set1_ps(step);
-            __m512 vmax1 = _mm512_setzero_ps(), vmax2 = _mm512_setzero_ps();
-            for (; i < len; i += 64) {
-                __m512 ms[4], vs[4];
-                __mmask64 k64 = lanes64(len - i);
-                decode64(c1 + start + i, k64, &d1, order, s1, ms);
-                decode64(c2 + start + i, k64, &d2, order, s2, vs);
-                for (int j = 0; j < 4 && i + 16 * j < len; j++) {
-                    const int64_t o = i + 16 * j;
-                    __mmask16 k = lanes(len - o);
-                    __m512 mi = ms[j], vi = vs[j];
-                    __m512 gi = _mm512_maskz_loadu_ps(k, gb + o);
-                    __m512 pi = _mm512_maskz_loadu_ps(k, pb + o);
-                    mi = _mm512_add_ps(mi, _mm512_mul_ps(vw1, _mm512_sub_ps(gi, mi)));
-                    vi = _mm512_add_ps(_mm512_mul_ps(vi, vbeta2), _mm512_mul_ps(_mm512_mul_ps(vw2, gi), gi));
-                    __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), vcorr), veps);
-                    pi = _mm512_add_ps(_mm512_mul_ps(pi, vdecay), _mm512_div_ps(_mm512_mul_ps(vstep, mi), denom));
-                    _mm512_mask_storeu_ps(pb + o, k, pi);
-                    _mm512_mask_storeu_ps(m + o, k, mi);
-                    _mm512_mask_storeu_ps(v + o, k, vi);
-                    vmax1 = _mm512_mask_max_ps(vmax1, k, vmax1, absolute(mi));
-                    vmax2 = _mm512_mask_max_ps(vmax2, k, vmax2, absolute(vi));
-                }
-            }
-            max1 = _mm512_reduce_max_ps(vmax1);
-            max2 = _mm512_reduce_max_ps(vmax2);
-#endif
-            for (; i < len; i++) {
-                float mi = b1->code[c1[start + i]] * a1[b];
-                float vi = b2->code[c2[start + i]] * a2[b];
-                float gi = gb[i];
-                mi = mi + w1 * (gi - mi);
-                vi = vi * beta2 + (w2 * gi) * gi;
-                pb[i] = pb[i] * decay + (step * mi) / (sqrtf(vi) / correction2 + eps);
-                m[i] = mi;
-                v[i] = vi;
-                max1 = fabsf(mi) > max1 ? fabsf(mi) : max1;
-                max2 = fabsf(vi) > max2 ? fabsf(vi) : max2;
-            }
-            encode_block(m, len, max1, c1 + start, a1 + b, b1);
-            encode_block(v, len, max2, c2 + start, a2 + b, b2);
+        float *buffer = buffers + (size_t)omp_get_thread_num() * 2 * (size_t)scratch;
+#pragma omp for schedule(guided)
+        for (int64_t i = 0; i < w.first[k]; i++) {
+            int64_t start, end;
+            const int64_t t = locate(&w, i, &start, &end);
+            const int64_t *q = ptrs + 6 * t;
+            const int64_t block = blocks[t], first_block = start / block, end_block = (end + block - 1) / block;
+            if (kernel == 0)
+                adam8bit_blocks((float *)q[0], (const float *)q[1], sizes[t], block, first_block, end_block,
+                                (uint8_t *)q[2], (float *)q[3], b1, (uint8_t *)q[4], (float *)q[5], b2, hp + 8 * t,
+                                pd1, pd2, buffer);
+            else
+                sgd8bit_blocks((float *)q[0], (const float *)q[1], sizes[t], block, first_block, end_block,
+                               (uint8_t *)q[2], (float *)q[3], b1, hp + 8 * t, flags, pd1, buffer);
         }
-        free(m);
     }
+    free(buffers);
+    free(w.first);
+    free(chunks);
+    return 1;
 }
 
-/* SGD with a quantized momentum buffer (signed map): thrifty.optim.SGD8bit._rule; flags = nesterov.
- * hp: momentum, 1 - dampening, weight_decay, -lr, 1 on the first step else 0. The second state is unused. */
-void thrifty_sgd8bit(float *p, const float *g, int64_t n, int64_t block, uint8_t *c1, float *a1, const book_t *b1,
-                     uint8_t *c2, float *a2, const book_t *b2, const float *hp, int flags, int nthreads) {
-    (void)c2, (void)a2, (void)b2;
-    const int nesterov = flags;
-    const float momentum = hp[0], damping = hp[1], weight_decay = hp[2], neg_lr = hp[3];
-    const int first = hp[4] > 0.0f;
-    const int64_t nblocks = (n + block - 1) / block;
-    const int64_t chunk = block >= 4096 ? 1 : 4096 / block;
-#ifdef __AVX512F__
-    DECODER d1;
-    MAKE_DECODER(&d1, b1->code);
-#endif
-#pragma omp parallel num_threads(threads_for(n, nthreads))
-    {
-        float *buf = malloc((size_t)block * sizeof(float));
-#pragma omp for schedule(guided, chunk)
-        for (int64_t b = 0; b < nblocks; b++) {
-            const int64_t start = b * block;
-            const int64_t len = start + block <= n ? block : n - start;
-            float *pb = p + start;
-            const float *gb = g + start;
-            float max1 = 0.0f;
-            int64_t i = 0;
-#ifdef __AVX512F__
-            const __m512i order = decode_order();
-            const __m512 s1 = _mm512_set1_ps(a1[b]), vmom = _mm512_set1_ps(momentum);
-            const __m512 vdamp = _mm512_set1_ps(damping), vwd = _mm512_set1_ps(weight_decay);
-            const __m512 vlr = _mm512_set1_ps(neg_lr);
-            __m512 vmax1 = _mm512_setzero_ps();
-            for (; i < len; i += 64) {
-                __m512 bs[4];
-                decode64(c1 + start + i, lanes64(len - i), &d1, order, s1, bs);
-                for (int j = 0; j < 4 && i + 16 * j < len; j++) {
-                    const int64_t o = i + 16 * j;
-                    __mmask16 k = lanes(len - o);
-                    __m512 pi = _mm512_maskz_loadu_ps(k, pb + o);
-                    __m512 gi = _mm512_add_ps(_mm512_maskz_loadu_ps(k, gb + o), _mm512_mul_ps(vwd, pi));
-                    __m512 bi = first ? gi : _mm512_add_ps(_mm512_mul_ps(bs[j], vmom), _mm512_mul_ps(vdamp, gi));
-                    __m512 update = nesterov ? _mm512_add_ps(gi, _mm512_mul_ps(vmom, bi)) : bi;
-                    _mm512_mask_storeu_ps(pb + o, k, _mm512_add_ps(pi, _mm512_mul_ps(vlr, update)));
-                    _mm512_mask_storeu_ps(buf + o, k, bi);
-                    vmax1 = _mm512_mask_max_ps(vmax1, k, vmax1, absolute(bi));
-                }
-            }
-            max1 = _mm512_reduce_max_ps(vmax1);
-#endif
-            for (; i < len; i++) {
-                float gi = gb[i] + weight_decay * pb[i];
-                float bi = first ? gi : (b1->code[c1[start + i]] * a1[b]) * momentum + damping * gi;
-                float update = nesterov ? gi + momentum * bi : bi;
-                pb[i] = pb[i] + neg_lr * update;
-                buf[i] = bi;
-                max1 = fabsf(bi) > max1 ? fabsf(bi) : max1;
-            }
-            encode_block(buf, len, max1, c1 + start, a1 + b, b1);
-        }
-        free(buf);
-    }
-}
-
-/* SGD-SaI after its first step, fp32 state: thrifty.optim.sgd_sai._sgd_sai_update.
+/* SGD-SaI after its first step, fp32 state, elements [i0, i1): thrifty.optim.sgd_sai._sgd_sai_update.
  * hp: momentum, 1 - lr * weight_decay, lr * gsnr, sign (-1 to maximize). */
-void thrifty_sgd_sai(float *p, const float *g, float *buf, int64_t n, const float *hp, int nthreads) {
+static void sgd_sai_range(float *p, const float *g, float *buf, int64_t i0, int64_t i1, const float *hp) {
     const float momentum = hp[0], decay = hp[1], step = hp[2], sign = hp[3];
     const float damping = 1.0f - momentum;
-#pragma omp parallel for schedule(static) num_threads(threads_for(n, nthreads))
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = i0; i < i1; i++) {
         float bi = buf[i] * momentum + (g[i] * sign) * damping;
         buf[i] = bi;
         p[i] = p[i] * decay - step * bi;
@@ -341,18 +413,16 @@ static inline __m512 exp_nonpositive(__m512 x) {
 }
 #endif
 
-/* diffGrad, fp32 state: thrifty.optim.diffgrad._diffgrad_update (the same operations; exp to about 2 ulp).
- * hp: beta1, beta2, lr * sqrt(1 - beta2**t) / (1 - beta1**t), eps, weight_decay, sign (-1 to maximize). */
-void thrifty_diffgrad(float *p, const float *grad, float *m, float *v, float *prev, int64_t n, const float *hp,
-                      int nthreads) {
+/* diffGrad, fp32 state, elements [i0, i1): thrifty.optim.diffgrad._diffgrad_update (the same operations;
+ * exp to about 2 ulp). hp: beta1, beta2, lr * sqrt(1 - beta2**t) / (1 - beta1**t), eps, weight_decay, sign. */
+static void diffgrad_range(float *p, const float *grad, float *m, float *v, float *prev, int64_t i0, int64_t i1,
+                           const float *hp) {
     const float beta1 = hp[0], beta2 = hp[1], step = hp[2], eps = hp[3], weight_decay = hp[4], sign = hp[5];
     const float w1 = 1.0f - beta1, w2 = 1.0f - beta2;
+    int64_t i = i0;
 #ifdef __AVX512F__
-    const int64_t vectors = (n + 15) / 16;
-#pragma omp parallel for schedule(static) num_threads(threads_for(n, nthreads))
-    for (int64_t j = 0; j < vectors; j++) {
-        const int64_t i = 16 * j;
-        const __mmask16 k = lanes(n - i);
+    for (; i < i1; i += 16) {
+        const __mmask16 k = lanes(i1 - i);
         __m512 pi = _mm512_maskz_loadu_ps(k, p + i);
         __m512 g = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, grad + i), _mm512_set1_ps(sign)),
                                  _mm512_mul_ps(_mm512_set1_ps(weight_decay), pi));
@@ -370,9 +440,8 @@ void thrifty_diffgrad(float *p, const float *grad, float *m, float *v, float *pr
         _mm512_mask_storeu_ps(prev + i, k, g);
         _mm512_mask_storeu_ps(p + i, k, _mm512_sub_ps(pi, update));
     }
-#else
-#pragma omp parallel for schedule(static) num_threads(threads_for(n, nthreads))
-    for (int64_t i = 0; i < n; i++) {
+#endif
+    for (; i < i1; i++) {
         float g = grad[i] * sign + weight_decay * p[i];
         float mi = m[i] * beta1 + g * w1;
         float vi = v[i] * beta2 + (g * g) * w2;
@@ -382,5 +451,34 @@ void thrifty_diffgrad(float *p, const float *grad, float *m, float *v, float *pr
         prev[i] = g;
         p[i] = p[i] - ((step * xi) * mi) / (sqrtf(vi) + eps);
     }
-#endif
+}
+
+/* One step of k fp32 tensors of an elementwise optimizer (kernel 0: SGD-SaI with ptrs p, g, buf per
+ * tensor; 1: diffGrad with p, g, m, v, previous g), hyperparameters in hp[8 t ..]. Returns 0, having
+ * changed nothing, if out of memory. */
+int thrifty_step32bit(int kernel, int64_t k, const int64_t *ptrs, const int64_t *sizes, const float *hp,
+                      int nthreads) {
+    const int stride = kernel == 0 ? 3 : 5;
+    int64_t *chunks = malloc((size_t)k * sizeof(int64_t));
+    work_t w = {0};
+    if (chunks == NULL) return 0;
+    for (int64_t t = 0; t < k; t++) chunks[t] = CHUNK;
+    if (!plan(&w, k, sizes, chunks)) {
+        free(chunks);
+        return 0;
+    }
+#pragma omp parallel for schedule(guided) num_threads(threads_for(w.total, nthreads))
+    for (int64_t i = 0; i < w.first[k]; i++) {
+        int64_t start, end;
+        const int64_t t = locate(&w, i, &start, &end);
+        const int64_t *q = ptrs + stride * t;
+        if (kernel == 0)
+            sgd_sai_range((float *)q[0], (const float *)q[1], (float *)q[2], start, end, hp + 8 * t);
+        else
+            diffgrad_range((float *)q[0], (const float *)q[1], (float *)q[2], (float *)q[3], (float *)q[4], start, end,
+                           hp + 8 * t);
+    }
+    free(w.first);
+    free(chunks);
+    return 1;
 }

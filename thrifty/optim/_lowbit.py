@@ -34,7 +34,6 @@ optimizers bit for bit.
 
 from __future__ import annotations
 
-import ctypes
 import warnings
 from collections.abc import Callable
 from itertools import chain
@@ -306,7 +305,7 @@ class BlockwiseOptimizer(ThriftyOptimizer):
         return ()
 
     _native_kernel: str | None = None
-    """Name of the function of ``kernels.c`` that computes ``_rule`` (one or two quantized states)."""
+    """The kernel of ``thrifty._native.step8bit`` that computes ``_rule`` (``"adam"``, ``"sgd"``)."""
 
     def _native_flags(self, group: dict[str, Any]) -> int:
         """``_options`` as the native kernel's integer flags."""
@@ -337,14 +336,20 @@ class BlockwiseOptimizer(ThriftyOptimizer):
         return loss
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], use_foreach: bool) -> None:
+        native: list[tuple[Tensor, list[QuantizedState], int]] = []
+        lib = None
         for p in params:
             state = self._init_state(p, group)
             state["step"] += 1
             step = state["step"]
             quantized = self._quantized(p, group)
             if quantized is not None and group["fused"] is not False:
-                if self._step_native(group, step, p, quantized):
-                    continue
+                if self._native_kernel is not None and _native.usable(p, p.grad):
+                    if all(q.book.native is not None for q in quantized):
+                        lib = lib or _native.library()
+                        if lib is not None:
+                            native.append((p, quantized, step))
+                            continue
                 if group["fused"]:
                     self._step_compiled(group, step, p, quantized)
                     continue
@@ -362,6 +367,24 @@ class BlockwiseOptimizer(ThriftyOptimizer):
                     self._step_chunk(quantized, work, grad, start, min(work.numel(), start + chunk), hp, group)
             if work.data_ptr() != p.data_ptr():
                 p.copy_(work.view_as(p))
+        if native:
+            self._step_native(lib, group, native)
+
+    def _step_native(
+        self, lib: Any, group: dict[str, Any], batch: list[tuple[Tensor, list[QuantizedState], int]]
+    ) -> None:
+        """The tensors of ``batch`` (contiguous fp32 on the CPU) through one call of the native kernel."""
+        quantized = batch[0][1]
+        books = (quantized[0].book.native, quantized[1].book.native if len(quantized) > 1 else None)
+        _native.step8bit(
+            lib,
+            self._native_kernel,
+            [(p, p.grad, *chain.from_iterable((q.codes, q.absmax) for q in qs)) for p, qs, _ in batch],
+            [qs[0].size for _, qs, _ in batch],
+            books,
+            [self._hyperparameters(group, step) for _, _, step in batch],
+            self._native_flags(group),
+        )
 
     def _step_chunk(
         self,
@@ -383,31 +406,6 @@ class BlockwiseOptimizer(ThriftyOptimizer):
                 q.save(v)
             else:
                 q.save_chunk(start, v)
-
-    def _step_native(self, group: dict[str, Any], step: int, p: Tensor, quantized: list[QuantizedState]) -> bool:
-        """The whole tensor through the native kernel ``_native_kernel``; False (nothing done) when it cannot run."""
-        if self._native_kernel is None or not _native.usable(p, p.grad):
-            return False
-        books = [q.book.native for q in quantized]
-        lib = _native.library() if all(b is not None for b in books) else None
-        if lib is None:
-            return False
-        hp = torch.tensor(self._hyperparameters(group, step), dtype=torch.float32)
-        states: list[Any] = []
-        for q, b in zip(quantized, books, strict=True):
-            states += [q.codes.data_ptr(), q.absmax.data_ptr(), ctypes.byref(b)]
-        states += [None] * (6 - len(states))  # a one-state kernel ignores the second state's arguments
-        getattr(lib, self._native_kernel)(
-            p.data_ptr(),
-            p.grad.data_ptr(),
-            p.numel(),
-            quantized[0].size,
-            *states,
-            hp.data_ptr(),
-            self._native_flags(group),
-            torch.get_num_threads(),
-        )
-        return True
 
     def _step_compiled(self, group: dict[str, Any], step: int, p: Tensor, quantized: list[QuantizedState]) -> None:
         """The whole blocks through one compiled kernel per shape; a partial last block eagerly (same numbers)."""

@@ -68,7 +68,7 @@ class Adam8bit(BlockwiseOptimizer):
     """
 
     _states = (("exp_avg", True), ("exp_avg_sq", False))
-    _native_kernel = "thrifty_adam8bit"
+    _native_kernel = "adam"
 
     def __init__(
         self,

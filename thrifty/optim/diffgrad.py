@@ -183,20 +183,25 @@ class DiffGrad(ThriftyOptimizer):
     def _step_fused(self, group: dict[str, Any], params: list[Tensor]) -> None:
         beta1, beta2 = group["betas"]
         sign = -1.0 if group["maximize"] else 1.0
+        batch: list[tuple[Tensor, ...]] = []
+        hps: list[tuple[float, ...]] = []
+        lib = None
         for p in params:
             state = self._init_state(p)
             state["step"] += 1
             step = state["step"]
             step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-            hp = hyperparameters((beta1, beta2, step_size, group["eps"], group["weight_decay"], sign), p)
+            values = (beta1, beta2, step_size, group["eps"], group["weight_decay"], sign)
             tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["previous_grad"])
-            lib = _native.library() if _native.usable(*tensors) else None
-            if lib is not None:
-                lib.thrifty_diffgrad(
-                    *(t.data_ptr() for t in tensors), p.numel(), hp.data_ptr(), torch.get_num_threads()
-                )
-            else:
-                _FUSED_UPDATE(*(t.view(-1) for t in tensors), hp)
+            if _native.usable(*tensors):
+                lib = lib or _native.library()
+                if lib is not None:
+                    batch.append(tensors)
+                    hps.append(values)
+                    continue
+            _FUSED_UPDATE(*(t.view(-1) for t in tensors), hyperparameters(values, p))
+        if batch:
+            _native.step32bit(lib, "diffgrad", batch, hps)
 
 
 def _diffgrad_update(

@@ -58,7 +58,7 @@ class SGD8bit(BlockwiseOptimizer):
     """
 
     _states = (("momentum_buffer", True),)
-    _native_kernel = "thrifty_sgd8bit"
+    _native_kernel = "sgd"
 
     def __init__(
         self,

@@ -169,21 +169,26 @@ class SGDSaI(ThriftyOptimizer):
         lr, momentum = group["lr"], group["momentum"]
         sign = -1.0 if group["maximize"] else 1.0
         decay = 1 - group["weight_decay"] * lr
+        batch: list[tuple[Tensor, ...]] = []
+        hps: list[tuple[float, ...]] = []
+        lib = None
         for p in params:
             state = self._frozen_state(p, group["eps"])
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = p.grad * sign
                 p.mul_(decay).add_(state["momentum_buffer"], alpha=-(lr * state["gsnr"]))
                 continue
-            hp = hyperparameters((momentum, decay, lr * state["gsnr"], sign), p)
+            values = (momentum, decay, lr * state["gsnr"], sign)
             buf = state["momentum_buffer"]
-            lib = _native.library() if _native.usable(p, p.grad, buf) else None
-            if lib is not None:
-                lib.thrifty_sgd_sai(
-                    p.data_ptr(), p.grad.data_ptr(), buf.data_ptr(), p.numel(), hp.data_ptr(), torch.get_num_threads()
-                )
-            else:
-                _FUSED_UPDATE(p.view(-1), p.grad.view(-1), buf.view(-1), hp)
+            if _native.usable(p, p.grad, buf):
+                lib = lib or _native.library()
+                if lib is not None:
+                    batch.append((p, p.grad, buf))
+                    hps.append(values)
+                    continue
+            _FUSED_UPDATE(p.view(-1), p.grad.view(-1), buf.view(-1), hyperparameters(values, p))
+        if batch:
+            _native.step32bit(lib, "sgd_sai", batch, hps)
 
 
 def _sgd_sai_update(p: Tensor, grad: Tensor, buf: Tensor, hp: Tensor) -> None:
