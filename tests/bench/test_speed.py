@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from thrifty.bench import speed
 from thrifty.bench.speed import measure_speed, parse_spec
 from thrifty.cli import main
 
@@ -30,6 +31,17 @@ def test_speed_cli(tmp_path, capsys):
     assert [r["spec"] for r in record["results"]] == ["adamw:fused", "adamw:foreach", "diffgrad:single"]
     assert main(["speed", "nope"]) == 2
     assert "valid names" in capsys.readouterr().err
+
+
+def test_peer_optimizers_are_timed_when_installed(monkeypatch):
+    with pytest.raises(ValueError, match="takes no variant"):
+        parse_spec("bnb.adamw8bit:fused")
+    monkeypatch.setitem(speed.PEERS, "nolib.adam", ("no_such_library.optim", "Adam", {}))
+    with pytest.raises(ValueError, match="needs no_such_library installed"):
+        parse_spec("nolib.adam")
+    pytest.importorskip("bitsandbytes")
+    results = {r.spec: r for r in measure_speed(["bnb.adamw8bit"], model="mlp50k", rounds=1)}
+    assert results["bnb.adamw8bit"].state_ratio_vs_adamw < 0.5 and results["bnb.adamw8bit"].median_ms > 0
 
 
 def test_charlm_model_uses_true_gradients():

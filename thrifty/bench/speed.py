@@ -8,6 +8,8 @@ baselines' medians. Absolute times on a noisy machine mean little; the ratios ar
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -58,13 +60,33 @@ _VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Peer libraries' optimizers, timed side by side when installed: name -> (module, class, kwargs).
+PEERS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "bnb.adamw8bit": ("bitsandbytes.optim", "AdamW8bit", {}),
+    "bnb.sgd8bit": ("bitsandbytes.optim", "SGD8bit", {"lr": 1e-3, "momentum": 0.9}),
+}
+
+
+def _peer(name: str, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    module, cls, kwargs = PEERS[name]
+    return getattr(importlib.import_module(module), cls)(params, **kwargs)
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"name[:variant]"`` -> (optimizer name, constructor kwargs); variants: fused, foreach, single, reference.
 
     ``reference`` is ``fused=False``: the whole-tensor reference path of the 8-bit optimizers, whose
-    default (no variant) is their chunked eager path and ``fused`` their compiled kernels.
+    default (no variant) and ``fused`` variant are their native kernels. Names in ``PEERS`` (no
+    variant) are other libraries' optimizers.
     """
     name, _, variant = spec.partition(":")
+    if name in PEERS:
+        package = PEERS[name][0].split(".")[0]
+        if variant:
+            raise ValueError(f"{name} takes no variant, got {spec!r}")
+        if importlib.util.find_spec(package) is None:
+            raise ValueError(f"{name} needs {package} installed (pip install {package})")
+        return name, {}
     get_optimizer_class(name)
     if variant and variant not in _VARIANTS:
         raise ValueError(f"unknown variant {variant!r} in {spec!r}; valid variants: {', '.join(_VARIANTS)}")
@@ -132,7 +154,10 @@ def measure_speed(
         params = [nn.Parameter(p.clone()) for p in initial]
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
-        optimizers[spec] = create_optimizer(params, name, **{**_REQUIRED.get(name, {}), **kwargs})
+        if name in PEERS:
+            optimizers[spec] = _peer(name, params)
+        else:
+            optimizers[spec] = create_optimizer(params, name, **{**_REQUIRED.get(name, {}), **kwargs})
     first = {}
     for spec, opt in optimizers.items():
         start = time.perf_counter()
