@@ -178,3 +178,19 @@ def test_diffgrad_fused_uses_the_native_kernel(monkeypatch, cflags):
         fused.step()
         eager.step()
     torch.testing.assert_close(p, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cflags", BUILDS)
+def test_squares_finite_finds_every_nan_infinity_and_overflowing_square(monkeypatch, cflags):
+    monkeypatch.setenv("THRIFTY_NATIVE_CFLAGS", cflags)
+    lib = _native.library()
+    below = torch.tensor(2.0**64).nextafter(torch.tensor(0.0)).item()  # the largest float whose square is finite
+    tensors = [torch.randn(n).clamp(-1, 1) * below for n in (1, 17, 70_001, 300_000)]
+    assert _native.squares_finite(lib, tensors)
+    for bad in (float("nan"), float("inf"), float("-inf"), 2.0**64, -(2.0**64), 1e30):
+        for t in range(len(tensors)):
+            for position in (0, tensors[t].numel() - 1, tensors[t].numel() // 2):
+                copies = [x.clone() for x in tensors]
+                copies[t][position] = bad
+                assert not _native.squares_finite(lib, copies)
+    assert _native.squares_finite(lib, [torch.tensor([below, -below, 1e-45, -0.0])])

@@ -440,6 +440,24 @@ def test_fused_path_skips_non_finite_steps(monkeypatch, mode):
     assert all(torch.equal(torch.as_tensor(v), state[k]) for k, v in opt.state[params[1]].items())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradients_whose_squares_overflow_are_skipped(dtype):
+    """The native (fp32) and torch (bf16) checks agree: 1e18 steps, 1e30 (square overflows) and inf skip."""
+    p = torch.nn.Parameter(torch.zeros(5000, dtype=dtype))
+    p.grad = torch.full((5000,), 1e18, dtype=dtype)
+    opt = AdamW8bit([p], lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+    assert opt.state[p]["step"] == 1 and bool((p < 0).all())
+    assert bool(torch.isfinite(opt.state[p]["absmax2"]).all())
+    for bad in (1e30, math.inf):
+        p.grad[7] = bad
+        with pytest.warns(RuntimeWarning, match="skipped this step"):
+            opt.step()
+    assert opt.state[p]["step"] == 1
+
+
 def test_compile_failure_falls_back_to_the_same_numbers(monkeypatch):
     import thrifty.optim._lowbit as lowbit
     from thrifty.optim._core import CompiledUpdate

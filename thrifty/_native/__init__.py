@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["Book", "book", "build_seconds", "library", "step32bit", "step8bit", "usable"]
+__all__ = ["Book", "book", "build_seconds", "library", "squares_finite", "step32bit", "step8bit", "usable"]
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
@@ -70,6 +70,7 @@ _SIGNATURES = {
     "thrifty_quantize": ((_P, _I64, _I64, _P, _P, _P, _INT), None),
     "thrifty_step8bit": ((_INT, _I64, _P, _P, _P, _P, _P, _P, _INT, _INT), _INT),
     "thrifty_step32bit": ((_INT, _I64, _P, _P, _P, _INT), _INT),
+    "thrifty_squares_finite": ((_I64, _P, _P, _INT), _INT),
 }
 
 _state: dict[tuple[str, ...], tuple[ctypes.CDLL | None, float]] = {}  # per extra flags: library, seconds
@@ -206,6 +207,17 @@ def step32bit(lib: ctypes.CDLL, kernel: str, tensors: list[tuple[Tensor, ...]], 
     )
     if not done:
         raise MemoryError("thrifty's native step could not allocate its work list (nothing was changed)")
+
+
+def squares_finite(lib: ctypes.CDLL, tensors: list[Tensor]) -> bool:
+    """Whether every value of these contiguous fp32 CPU tensors has a finite fp32 square (|x| < 2^64: no NaN,
+    no infinity), in one pass over OpenMP threads."""
+    ptrs = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
+    sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
+    result = lib.thrifty_squares_finite(len(tensors), ptrs.data_ptr(), sizes.data_ptr(), torch.get_num_threads())
+    if result < 0:
+        raise MemoryError("thrifty's native finiteness check could not allocate its work list")
+    return bool(result)
 
 
 def usable(*tensors: Tensor) -> bool:

@@ -482,3 +482,28 @@ int thrifty_step32bit(int kernel, int64_t k, const int64_t *ptrs, const int64_t 
     free(chunks);
     return 1;
 }
+
+/* 1 when every value of k fp32 tensors has a finite square (|x| < 2^64: no NaN, no infinity, nothing
+ * that overflows when squared), else 0; -1 if out of memory. */
+int thrifty_squares_finite(int64_t k, const int64_t *ptrs, const int64_t *sizes, int nthreads) {
+    int64_t *chunks = malloc((size_t)k * sizeof(int64_t));
+    work_t w = {0};
+    if (chunks == NULL) return -1;
+    for (int64_t t = 0; t < k; t++) chunks[t] = 4 * CHUNK;
+    if (!plan(&w, k, sizes, chunks)) {
+        free(chunks);
+        return -1;
+    }
+    int finite = 1;
+#pragma omp parallel for schedule(guided) num_threads(threads_for(w.total, nthreads)) reduction(&& : finite)
+    for (int64_t i = 0; i < w.first[k]; i++) {
+        int64_t start, end;
+        const int32_t *x = (const int32_t *)ptrs[locate(&w, i, &start, &end)];
+        int32_t special = 0; /* any biased exponent >= 127 + 64: |x| >= 2^64, infinity or NaN */
+        for (int64_t j = start; j < end; j++) special |= ((x[j] & 0x7F800000) >= (191 << 23));
+        finite = finite && !special;
+    }
+    free(w.first);
+    free(chunks);
+    return finite;
+}

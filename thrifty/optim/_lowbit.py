@@ -183,6 +183,21 @@ def blockwise_update(
 _COMPILED = CompiledUpdate(blockwise_update, dynamic=False, options={"assert_indirect_indexing": False})
 
 
+SQUARE_LIMIT = 2.0**64
+"""Gradients with a value at least this large (or NaN) skip the step: their squares overflow fp32."""
+
+
+def _squares_finite(grads: list[Tensor]) -> bool:
+    """Whether every gradient value is below ``SQUARE_LIMIT`` in magnitude: fp32 CPU ones natively, others by torch."""
+    rest = grads
+    lib = _native.library() if any(_native.usable(g) for g in grads) else None
+    if lib is not None:
+        if not _native.squares_finite(lib, [g for g in grads if _native.usable(g)]):
+            return False
+        rest = [g for g in grads if not _native.usable(g)]
+    return all(bool(g.abs().amax() < SQUARE_LIMIT) for g in rest if g.numel())
+
+
 class QuantizedState:
     """An 8-bit state tensor: codes of the parameter's shape and one fp32 absmax per block."""
 
@@ -220,9 +235,10 @@ class BlockwiseOptimizer(ThriftyOptimizer):
     operations, and ``_rule``/``_hyperparameters``/``_options``, the same update for quantized states
     written once for the eager paths (whole tensor or chunks) and the compiled kernel.
 
-    A step whose gradients hold a NaN or an infinity (or whose squared norm overflows fp32) is
-    skipped for every parameter, with a ``RuntimeWarning``: no parameter, state or step counter
-    changes, so the quantized state is never poisoned (as ``torch.amp.GradScaler`` skips steps).
+    A step whose gradients hold a NaN, an infinity or a value whose square overflows fp32 (at least
+    2**64 in magnitude; one native pass over all gradients where it can) is skipped for every
+    parameter, with a ``RuntimeWarning``: no parameter, state or step counter changes, so the
+    quantized state is never poisoned (as ``torch.amp.GradScaler`` skips steps).
     """
 
     _states: tuple[tuple[str, bool], ...] = ()
@@ -320,16 +336,14 @@ class BlockwiseOptimizer(ThriftyOptimizer):
                 loss = closure()
         work = [(group, self._params_with_grad(group)) for group in self.param_groups]
         grads = [p.grad for _, params in work for p in params]
-        if grads:
-            squares = torch.stack([torch.dot(g.reshape(-1).float(), g.reshape(-1).float()) for g in grads])
-            if not bool(torch.isfinite(squares).all()):
-                warnings.warn(
-                    f"{type(self).__name__}: a gradient is NaN or infinite (or its squared norm overflows fp32); "
-                    "skipped this step, leaving parameters and optimizer state unchanged",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                return loss
+        if not _squares_finite(grads):
+            warnings.warn(
+                f"{type(self).__name__}: a gradient is NaN, infinite or too large to square in fp32 (>= 2**64); "
+                "skipped this step, leaving parameters and optimizer state unchanged",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return loss
         for group, params in work:
             if params:
                 self._step_group(group, params, False)
