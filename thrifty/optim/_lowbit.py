@@ -24,12 +24,16 @@ Four paths compute the same numbers, bit for bit (tested):
   a compare instead of a search), writing parameter, codes and maxima in place; a partial last
   block runs eagerly. The first step of each new shape pays the compile (seconds).
 
+States kept in 32 bit (tensors under ``min_8bit_size``: biases, norms) follow torch's own
+optimizers: with ``fused=False`` their single-tensor operations, otherwise, for contiguous fp32 CPU
+tensors, torch's fused multi-tensor kernel (``torch._fused_adamw_``, ``torch._fused_sgd_``) over all
+of a group's such tensors in one call.
+
 Bit-identical results need every path to round alike, so the update of quantized states is a
 ``_rule`` of separately rounded operations: no ``lerp``/``addcmul``/``add(alpha=)``, which ATen's
 CPU kernels compute with fused multiply-adds that compiled code does not reproduce, and a
 correctly rounded square root (eager ``torch.sqrt`` on CPU may be one ulp off; compiled code's is
-exact). States kept in 32 bit use ``_update``, torch's own operations, so they match torch's
-optimizers bit for bit.
+exact).
 """
 
 from __future__ import annotations
@@ -300,6 +304,11 @@ class BlockwiseOptimizer(ThriftyOptimizer):
         """Advance fp32 ``p`` and 32-bit ``states`` in place with torch's operations."""
         raise NotImplementedError
 
+    def _update_fused(self, group: dict[str, Any], batch: list[tuple[Tensor, list[Tensor], int]]) -> None:
+        """Advance contiguous fp32 CPU parameters with 32-bit states, (param, states, step) each, with one of
+        torch's fused multi-tensor kernels (the small tensors of a model: biases, norms)."""
+        raise NotImplementedError
+
     @staticmethod
     def _rule(
         p: Tensor,
@@ -351,12 +360,16 @@ class BlockwiseOptimizer(ThriftyOptimizer):
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], use_foreach: bool) -> None:
         native: list[tuple[Tensor, list[QuantizedState], int]] = []
+        fused32: list[tuple[Tensor, list[Tensor], int]] = []
         lib = None
         for p in params:
             state = self._init_state(p, group)
             state["step"] += 1
             step = state["step"]
             quantized = self._quantized(p, group)
+            if quantized is None and group["fused"] is not False and _native.usable(p, p.grad):
+                fused32.append((p, [state[f"state{i}"] for i in range(1, 1 + len(self._states))], step))
+                continue
             if quantized is not None and group["fused"] is not False:
                 if self._native_kernel is not None and _native.usable(p, p.grad):
                     if all(q.book.native is not None for q in quantized):
@@ -383,6 +396,8 @@ class BlockwiseOptimizer(ThriftyOptimizer):
                 p.copy_(work.view_as(p))
         if native:
             self._step_native(lib, group, native)
+        if fused32:
+            self._update_fused(group, fused32)
 
     def _step_native(
         self, lib: Any, group: dict[str, Any], batch: list[tuple[Tensor, list[QuantizedState], int]]

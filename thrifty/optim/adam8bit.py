@@ -16,8 +16,10 @@ dequantizer of ``thrifty.compress.quant`` (signed dynamic code for ``m``, unsign
 
 Conventions: ``eps`` is added to the bias-corrected ``sqrt(v_hat)`` and the step size carries
 ``1 / (1 - beta1**t)``, as in both bitsandbytes and ``torch.optim.Adam``. 32-bit moments use torch's
-operations (``lerp_`` for ``m``), so with every state in 32 bit (``min_8bit_size`` larger than any
-tensor) ``Adam8bit`` matches ``torch.optim.Adam`` and ``AdamW8bit`` ``torch.optim.AdamW`` bit for bit.
+kernels, so with every state in 32 bit (``min_8bit_size`` larger than any tensor) ``Adam8bit``
+matches ``torch.optim.Adam`` and ``AdamW8bit`` ``torch.optim.AdamW`` bit for bit: their
+``fused=True`` kernel for contiguous fp32 CPU tensors, their single-tensor path with ``fused=False``
+or other tensors.
 Quantized moments use the same formulas with one rounding per operation
 (``m + (1 - beta1) * (g - m)``, a correctly rounded square root), so the eager paths and the
 native and compiled ``fused=True`` kernels give the same codes bit for bit; the two forms differ by at most
@@ -32,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from thrifty.optim._core import check_betas, check_range
@@ -111,6 +114,24 @@ class Adam8bit(BlockwiseOptimizer):
         if weight_decay != 0:
             p.mul_(1 - lr * weight_decay)
         p.addcdiv_(exp_avg, denom, value=-step_size)
+
+    def _update_fused(self, group: dict[str, Any], batch: list[tuple[Tensor, list[Tensor], int]]) -> None:
+        beta1, beta2 = group["betas"]
+        torch._fused_adamw_(
+            [p for p, _, _ in batch],
+            [p.grad for p, _, _ in batch],
+            [states[0] for _, states, _ in batch],
+            [states[1] for _, states, _ in batch],
+            [],
+            [torch.tensor(float(step)) for _, _, step in batch],
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            amsgrad=False,
+            maximize=False,
+        )
 
     @staticmethod
     def _rule(p, grad, states, hp, sqrt, options):  # noqa: ANN001, ANN205 - see BlockwiseOptimizer._rule

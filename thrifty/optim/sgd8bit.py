@@ -15,7 +15,8 @@ dequantizer of ``thrifty.compress.quant`` (signed dynamic code)::
     buf_q = Q(buf)                                         # fresh absmax per block
 
 This is ``torch.optim.SGD``'s rule (bitsandbytes' CPU update is the same with ``dampening=0`` and
-no Nesterov), so with the buffer in 32 bit the two agree bit for bit. A quantized buffer uses the
+no Nesterov), so with the buffer in 32 bit the two agree bit for bit (torch's fused kernel for
+contiguous fp32 CPU tensors, its single-tensor path with ``fused=False`` or other tensors). A quantized buffer uses the
 same formulas with one rounding per operation (no fused multiply-add), which the eager paths and
 the native and compiled ``fused=True`` kernels reproduce alike. Plain SGD has no state to
 quantize, so ``momentum`` must be positive (bitsandbytes raises too).
@@ -105,6 +106,23 @@ class SGD8bit(BlockwiseOptimizer):
             buf.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
         update = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
         p.add_(update, alpha=-group["lr"])
+
+    def _update_fused(self, group: dict[str, Any], batch: list[tuple[Tensor, list[Tensor], int]]) -> None:
+        for first in (True, False):  # torch's kernel takes one first-step flag per call
+            part = [(p, states[0]) for p, states, step in batch if (step == 1) == first]
+            if part:
+                torch._fused_sgd_(
+                    [p for p, _ in part],
+                    [p.grad for p, _ in part],
+                    [buf for _, buf in part],
+                    weight_decay=group["weight_decay"],
+                    momentum=group["momentum"],
+                    lr=group["lr"],
+                    dampening=group["dampening"],
+                    nesterov=group["nesterov"],
+                    maximize=False,
+                    is_first_step=first,
+                )
 
     @staticmethod
     def _rule(p, grad, states, hp, sqrt, options):  # noqa: ANN001, ANN205 - see BlockwiseOptimizer._rule
