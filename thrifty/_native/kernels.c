@@ -64,21 +64,29 @@ static inline __m512 absolute(__m512 x) {
     return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7FFFFFFF)));
 }
 
-static inline void encode16(uint8_t *out, __m512 y, const book_t *book, __mmask16 k) {
+/* Codes of 16 normalised values. ``nonnegative`` (a constant at each call) drops the sign handling for
+ * values known to be +0 or positive; ``full`` stores all 16 codes without a mask. */
+static inline __attribute__((always_inline)) void encode16(uint8_t *out, __m512 y, const book_t *book, __mmask16 k,
+                                                           const int nonnegative, const int full) {
     const __m512i zero = _mm512_setzero_si512(), ones16 = _mm512_set1_epi32(0xFFFF);
     __m512i bits = _mm512_castps_si512(y);
     __m512i row = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x7FFF));
     row = _mm512_sub_epi32(row, _mm512_set1_epi32(book->low - 1));
-    row = _mm512_min_epi32(_mm512_max_epi32(row, zero), _mm512_set1_epi32(book->rows));
-    __mmask16 negative = _mm512_cmplt_epi32_mask(bits, zero);
-    __m512i index = _mm512_mask_add_epi32(row, negative, row, _mm512_set1_epi32(book->rows + 1));
-    __m512i entry = _mm512_i32gather_epi32(index, (const void *)book->entries, 4);
+    __m512i index = _mm512_min_epi32(_mm512_max_epi32(row, zero), _mm512_set1_epi32(book->rows));
     __m512i low16 = _mm512_and_si512(bits, ones16);
-    low16 = _mm512_mask_xor_epi32(low16, negative, low16, ones16);
+    if (!nonnegative) {
+        __mmask16 negative = _mm512_cmplt_epi32_mask(bits, zero);
+        index = _mm512_mask_add_epi32(index, negative, index, _mm512_set1_epi32(book->rows + 1));
+        low16 = _mm512_mask_xor_epi32(low16, negative, low16, ones16);
+    }
+    __m512i entry = _mm512_i32gather_epi32(index, (const void *)book->entries, 4);
     __mmask16 up = _mm512_cmpgt_epi32_mask(low16, _mm512_srli_epi32(entry, 8));
     __m512i code = _mm512_and_si512(entry, _mm512_set1_epi32(0xFF));
     code = _mm512_mask_add_epi32(code, up, code, _mm512_set1_epi32(1));
-    _mm512_mask_cvtepi32_storeu_epi8(out, k, code);
+    if (full)
+        _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(code));
+    else
+        _mm512_mask_cvtepi32_storeu_epi8(out, k, code);
 }
 
 #ifdef __AVX512VBMI__
@@ -145,18 +153,27 @@ static inline void decode64(const uint8_t *c, __mmask64 k, const gather_t *t, __
 static inline __mmask64 lanes64(int64_t left) { return left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1); }
 #endif
 
-/* Quantize len values of one block into codes with maximum block_max; writes the block's absmax. */
+/* Quantize len values of one block into codes with maximum block_max; writes the block's absmax.
+ * ``nonnegative``: every value is +0 or positive (Adam's second moment), which saves the sign handling. */
 static void encode_block(const float *x, int64_t len, float block_max, uint8_t *codes, float *absmax,
-                         const book_t *book) {
+                         const book_t *book, int nonnegative) {
     float inverse = inverse_of(block_max);
     *absmax = block_max;
     int64_t i = 0;
 #ifdef __AVX512F__
     __m512 inv = _mm512_set1_ps(inverse);
-    for (; i < len; i += 16) {
+    const int64_t whole = len / 16 * 16;
+    if (nonnegative)
+        for (; i < whole; i += 16) encode16(codes + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv), book, 0, 1, 1);
+    else
+        for (; i < whole; i += 16) encode16(codes + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv), book, 0, 0, 1);
+    if (i < len) {
         __mmask16 k = lanes(len - i);
-        encode16(codes + i, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv), book, k);
+        encode16(codes + i, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), inv), book, k, 0, 0);
+        i = len;
     }
+#else
+    (void)nonnegative;
 #endif
     for (; i < len; i++) codes[i] = encode1(x[i] * inverse, book);
 }
@@ -168,7 +185,7 @@ void thrifty_quantize(const float *x, int64_t n, int64_t block, uint8_t *codes, 
 #pragma omp parallel for schedule(static) num_threads(threads_for(n, nthreads))
     for (int64_t b = 0; b < nblocks; b++) {
         const int64_t start = b * block;
-        encode_block(x + start, start + block <= n ? block : n - start, absmax[b], codes + start, absmax + b, book);
+        encode_block(x + start, start + block <= n ? block : n - start, absmax[b], codes + start, absmax + b, book, 0);
     }
 }
 
@@ -233,28 +250,40 @@ static void adam8bit_blocks(float *p, const float *g, int64_t n, int64_t block, 
         const __m512 vcorr = _mm512_set1_ps(correction2), veps = _mm512_set1_ps(eps);
         const __m512 vdecay = _mm512_set1_ps(decay), vstep = _mm512_set1_ps(step);
         __m512 vmax1 = _mm512_setzero_ps(), vmax2 = _mm512_setzero_ps();
-        for (; i < len; i += 64) {
-            __m512 ms[4], vs[4];
-            __mmask64 k64 = lanes64(len - i);
-            decode64(c1 + start + i, k64, (const DECODER *)d1, order, s1, ms);
-            decode64(c2 + start + i, k64, (const DECODER *)d2, order, s2, vs);
-            for (int j = 0; j < 4 && i + 16 * j < len; j++) {
-                const int64_t o = i + 16 * j;
-                __mmask16 k = lanes(len - o);
-                __m512 mi = ms[j], vi = vs[j];
-                __m512 gi = _mm512_maskz_loadu_ps(k, gb + o);
-                __m512 pi = _mm512_maskz_loadu_ps(k, pb + o);
-                mi = _mm512_add_ps(mi, _mm512_mul_ps(vw1, _mm512_sub_ps(gi, mi)));
-                vi = _mm512_add_ps(_mm512_mul_ps(vi, vbeta2), _mm512_mul_ps(_mm512_mul_ps(vw2, gi), gi));
-                __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), vcorr), veps);
-                pi = _mm512_add_ps(_mm512_mul_ps(pi, vdecay), _mm512_div_ps(_mm512_mul_ps(vstep, mi), denom));
-                _mm512_mask_storeu_ps(pb + o, k, pi);
-                _mm512_mask_storeu_ps(m + o, k, mi);
-                _mm512_mask_storeu_ps(v + o, k, vi);
-                vmax1 = _mm512_mask_max_ps(vmax1, k, vmax1, absolute(mi));
-                vmax2 = _mm512_mask_max_ps(vmax2, k, vmax2, absolute(vi));
-            }
-        }
+        /* Whole 64-value steps without masks (every step of a full block of 256), then a masked tail. */
+        const int64_t whole = len / 64 * 64;
+#define ADAM_STEP(FULL)                                                                                            \
+    {                                                                                                              \
+        __m512 ms[4], vs[4];                                                                                       \
+        const __mmask64 k64 = FULL ? ~(__mmask64)0 : lanes64(len - i);                                           \
+        decode64(c1 + start + i, k64, (const DECODER *)d1, order, s1, ms);                                         \
+        decode64(c2 + start + i, k64, (const DECODER *)d2, order, s2, vs);                                         \
+        for (int j = 0; j < 4 && (FULL || i + 16 * j < len); j++) {                                                \
+            const int64_t o = i + 16 * j;                                                                          \
+            const __mmask16 k = FULL ? (__mmask16)0xFFFF : lanes(len - o);                                         \
+            __m512 mi = ms[j], vi = vs[j];                                                                         \
+            __m512 gi = FULL ? _mm512_loadu_ps(gb + o) : _mm512_maskz_loadu_ps(k, gb + o);                         \
+            __m512 pi = FULL ? _mm512_loadu_ps(pb + o) : _mm512_maskz_loadu_ps(k, pb + o);                         \
+            mi = _mm512_add_ps(mi, _mm512_mul_ps(vw1, _mm512_sub_ps(gi, mi)));                                     \
+            vi = _mm512_add_ps(_mm512_mul_ps(vi, vbeta2), _mm512_mul_ps(_mm512_mul_ps(vw2, gi), gi));               \
+            __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), vcorr), veps);                          \
+            pi = _mm512_add_ps(_mm512_mul_ps(pi, vdecay), _mm512_div_ps(_mm512_mul_ps(vstep, mi), denom));         \
+            if (FULL) {                                                                                            \
+                _mm512_storeu_ps(pb + o, pi);                                                                      \
+                _mm512_storeu_ps(m + o, mi);                                                                       \
+                _mm512_storeu_ps(v + o, vi);                                                                       \
+            } else {                                                                                               \
+                _mm512_mask_storeu_ps(pb + o, k, pi);                                                              \
+                _mm512_mask_storeu_ps(m + o, k, mi);                                                               \
+                _mm512_mask_storeu_ps(v + o, k, vi);                                                               \
+            }                                                                                                      \
+            vmax1 = _mm512_mask_max_ps(vmax1, k, vmax1, absolute(mi));                                             \
+            vmax2 = _mm512_mask_max_ps(vmax2, k, vmax2, absolute(vi));                                             \
+        }                                                                                                          \
+    }
+        for (; i < whole; i += 64) ADAM_STEP(1)
+        for (; i < len; i += 64) ADAM_STEP(0)
+#undef ADAM_STEP
         max1 = _mm512_reduce_max_ps(vmax1);
         max2 = _mm512_reduce_max_ps(vmax2);
 #endif
@@ -270,8 +299,8 @@ static void adam8bit_blocks(float *p, const float *g, int64_t n, int64_t block, 
             max1 = fabsf(mi) > max1 ? fabsf(mi) : max1;
             max2 = fabsf(vi) > max2 ? fabsf(vi) : max2;
         }
-        encode_block(m, len, max1, c1 + start, a1 + b, book1);
-        encode_block(v, len, max2, c2 + start, a2 + b, book2);
+        encode_block(m, len, max1, c1 + start, a1 + b, book1, 0);
+        encode_block(v, len, max2, c2 + start, a2 + b, book2, 1); /* v = beta2 v + (1 - beta2) g g >= +0 */
     }
 }
 
@@ -321,7 +350,7 @@ static void sgd8bit_blocks(float *p, const float *g, int64_t n, int64_t block, i
             buf[i] = bi;
             max1 = fabsf(bi) > max1 ? fabsf(bi) : max1;
         }
-        encode_block(buf, len, max1, c1 + start, a1 + b, book1);
+        encode_block(buf, len, max1, c1 + start, a1 + b, book1, 0);
     }
 }
 
