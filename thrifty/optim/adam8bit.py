@@ -57,12 +57,13 @@ class Adam8bit(BlockwiseOptimizer):
             ``None`` quantizes each tensor as one block (the paper's tensor-wise ablation).
         quant_map: ``"dynamic"`` (the paper's code) or ``"linear"`` (evenly spaced, the ablation).
         fused: ``False`` for the whole-tensor reference path; ``None`` (default) or ``True`` for one
-            native C kernel per tensor (AVX-512 where the CPU has it; ``thrifty._native``, built once
-            per machine in about a second) on contiguous fp32 CPU tensors, about 2.2 times torch's
-            fused AdamW step on an 8.4M-parameter MLP. Elsewhere ``None`` runs a chunked eager path
-            and ``True`` a ``torch.compile`` kernel per tensor shape (the first step of each new
-            shape pays a compile of several seconds; falls back to eager with a warning if
-            compilation fails). All paths give the same numbers, bit for bit.
+            call of a native C kernel over a group's contiguous fp32 CPU tensors (AVX-512 where the
+            CPU has it; ``thrifty._native``, built once per machine in about a second), 2 to 3.7
+            times torch's fused AdamW step on an 8.4M-parameter MLP. Elsewhere ``None`` runs a
+            chunked eager path and ``True`` a ``torch.compile`` kernel per tensor shape (the first
+            step of each new shape pays a compile of several seconds; falls back to eager with a
+            warning if compilation fails). All paths give the same numbers, bit for bit; tensors
+            kept in 32 bit follow torch's AdamW (its fused kernel unless ``fused=False``).
 
     State per parameter: ``step`` (int), ``state1``/``state2`` (uint8 codes of ``m``/``v``, or fp32
     tensors when kept in 32 bit) and ``absmax1``/``absmax2`` (fp32, one per block), the keys of
