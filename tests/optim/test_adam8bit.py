@@ -292,6 +292,17 @@ def _assert_same(opt_a, params_a, opt_b, params_b):
             assert same(torch.as_tensor(value), torch.as_tensor(opt_b.state[y][key])), key
 
 
+def _step_alike(opt_a, params_a, opt_b, params_b, steps, grads=None):
+    """Step both optimizers on the same gradients, checking ``_assert_same`` after every step."""
+    grads = grads or _scaled_grads
+    for step in range(steps):
+        grads(params_a, step)
+        grads(params_b, step)
+        opt_a.step()
+        opt_b.step()
+        _assert_same(opt_a, params_a, opt_b, params_b)
+
+
 def _close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, check_dtype=False)
     return True
@@ -325,12 +336,7 @@ def test_fused_paths_bit_identical_to_eager(monkeypatch, cls, kwargs, mode):
     _fused_mode(monkeypatch, mode)
     compiled, eager = _make(COMPILED_SHAPES, 0), _make(COMPILED_SHAPES, 0)
     a, b = cls(compiled, fused=True, **kwargs), cls(eager, fused=False, **kwargs)
-    for step in range(25):
-        _scaled_grads(compiled, step)
-        _scaled_grads(eager, step)
-        a.step()
-        b.step()
-        _assert_same(a, compiled, b, eager)
+    _step_alike(a, compiled, b, eager, 25)
     assert a.state[compiled[1]]["absmax1"].numel() == 17 and a.state[compiled[2]]["state1"].dtype == torch.float32
     if mode is None:
         from thrifty.optim._lowbit import _COMPILED
@@ -349,12 +355,7 @@ def test_native_kernel_bit_identical_to_eager_across_layouts(monkeypatch, kwargs
     shapes = [(3, 1000), (70_001,), (5000,)]
     native, eager = _make(shapes, 4), _make(shapes, 4)
     a, b = AdamW8bit(native, lr=1e-2, fused=True, **kwargs), AdamW8bit(eager, lr=1e-2, fused=False, **kwargs)
-    for step in range(6):
-        _scaled_grads(native, step)
-        _scaled_grads(eager, step)
-        a.step()
-        b.step()
-        _assert_same(a, native, b, eager)
+    _step_alike(a, native, b, eager, 6)
 
 
 def test_default_path_is_the_native_kernel(monkeypatch):

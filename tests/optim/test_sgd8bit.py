@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lowbit_problem import deviation, load_fixture, run
-from test_adam8bit import FUSED_MODES, _assert_same, _fused_mode
+from test_adam8bit import FUSED_MODES, _fused_mode, _step_alike
 
 from thrifty.compress.quant import dynamic_map
 from thrifty.optim import SGD8bit, state_bytes
@@ -138,9 +138,4 @@ def test_fused_paths_bit_identical_to_eager(monkeypatch, mode, nesterov):
     eager = [torch.nn.Parameter(p.detach().clone()) for p in compiled]
     kwargs = dict(lr=0.05, momentum=0.9, dampening=0.0 if nesterov else 0.1, weight_decay=0.01, nesterov=nesterov)
     a, b = SGD8bit(compiled, fused=True, **kwargs), SGD8bit(eager, fused=False, **kwargs)
-    for step in range(20):
-        _grads(compiled, step)
-        _grads(eager, step)
-        a.step()
-        b.step()
-        _assert_same(a, compiled, b, eager)
+    _step_alike(a, compiled, b, eager, 20, _grads)
