@@ -360,10 +360,11 @@ def _cmd_speed(args: argparse.Namespace, console: Console) -> int:
         results = measure_speed(specs, args.model, args.rounds, on_round=lambda r: progress.advance(bar))
     table = Table(
         title=f"optimizer step on {args.model}, {args.rounds} interleaved rounds",
-        caption="x fused / x foreach: median step time over torch AdamW's; x state: state bytes over AdamW's",
+        caption="x fused / x foreach: median step time over torch AdamW's; B/param: state bytes per parameter; "
+        "x state: state bytes over AdamW's",
     )
     table.add_column("optimizer", no_wrap=True)
-    for column in ("median ms", "mean ms", "1st ms", "x fused", "x foreach", "state MB", "x state"):
+    for column in ("median ms", "mean ms", "1st ms", "x fused", "x foreach", "state MB", "B/param", "x state"):
         table.add_column(column, justify="right")
     for r in results:
         state_ratio = f"{r.state_ratio_vs_adamw:.2f}" if r.state_ratio_vs_adamw is not None else "-"
@@ -375,6 +376,7 @@ def _cmd_speed(args: argparse.Namespace, console: Console) -> int:
             f"{r.ratio_vs['adamw:fused']:.2f}",
             f"{r.ratio_vs['adamw:foreach']:.2f}",
             f"{r.state_bytes / 2**20:.1f}",
+            f"{r.state_bytes_per_param:.2f}",
             state_ratio,
         )
     console.print(table)

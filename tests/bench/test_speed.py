@@ -21,6 +21,7 @@ def test_measure_speed_reports_ratios_and_state_bytes():
     assert results["adamw:fused"].ratio_vs["adamw:fused"] == 1.0
     # SGD-SaI keeps one buffer per parameter, AdamW two plus a step counter per tensor
     assert results["sgd_sai"].state_ratio_vs_adamw == pytest.approx(0.5, abs=0.01)
+    assert results["sgd_sai"].state_bytes_per_param == pytest.approx(4.0, abs=0.01)
     assert results["soap"].state_bytes > results["adamw:fused"].state_bytes
     assert all(r.median_ms > 0 and r.first_step_ms > 0 for r in results.values())
 

@@ -100,6 +100,7 @@ class SpeedResult:
     mean_ms: float
     first_step_ms: float
     state_bytes: int
+    state_bytes_per_param: float
     ratio_vs: dict[str, float]
     state_ratio_vs_adamw: float | None
 
@@ -174,6 +175,7 @@ def measure_speed(
     medians = {spec: statistics.median(t) for spec, t in times.items()}
     adamw_bytes = state_bytes(optimizers[baselines[0]]) if baselines and baselines[0].startswith("adamw") else None
     results = []
+    n_params = sum(p.numel() for p in initial)
     for spec, opt in optimizers.items():
         nbytes = state_bytes(opt)
         results.append(
@@ -183,6 +185,7 @@ def measure_speed(
                 mean_ms=statistics.fmean(times[spec]),
                 first_step_ms=first[spec],
                 state_bytes=nbytes,
+                state_bytes_per_param=nbytes / n_params,
                 ratio_vs={b: medians[spec] / medians[b] for b in baselines},
                 state_ratio_vs_adamw=nbytes / adamw_bytes if adamw_bytes else None,
             )
