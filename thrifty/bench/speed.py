@@ -21,7 +21,7 @@ from torch import nn
 
 from thrifty.optim import create_optimizer, get_optimizer_class, state_bytes
 
-__all__ = ["MODELS", "SpeedResult", "measure_speed", "parse_spec"]
+__all__ = ["MODELS", "SpeedResult", "measure_speed", "parameters_and_gradients", "parse_spec"]
 
 _MLPS: dict[str, tuple[int, ...]] = {
     "mlp8m": (1024, 2048, 2048, 1024, 10),
@@ -108,7 +108,7 @@ class SpeedResult:
         return self.__dict__.copy()
 
 
-def _parameters_and_gradients(model: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def parameters_and_gradients(model: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Initial parameters and one fixed gradient per parameter.
 
     The MLPs get random gradients of realistic scale; ``charlm`` (the default char-LM workload,
@@ -148,7 +148,7 @@ def measure_speed(
     if rounds < 1:
         raise ValueError(f"rounds must be in [1, inf), got {rounds}")
     all_specs = list(dict.fromkeys([*baselines, *specs]))
-    initial, grads = _parameters_and_gradients(model)
+    initial, grads = parameters_and_gradients(model)
     optimizers = {}
     for spec in all_specs:
         name, kwargs = parse_spec(spec)
