@@ -1,11 +1,14 @@
-/* Native CPU kernels of thrifty's fused optimizer steps, built on first use by thrifty/optim/_native.py.
+/* Native CPU kernels of thrifty's fused optimizer steps and block-wise encoding, built on first use by
+ * thrifty/_native/__init__.py.
  *
  * Each kernel computes the same numbers, bit for bit, as the eager and torch.compile paths of its
- * optimizer: every operation is rounded once (the build passes -ffp-contract=off, so no multiply-add
- * is fused), division and square root are IEEE's, and 8-bit states are decoded as code[c] * absmax and
- * encoded by the nearest-code table lookup of thrifty.compress.quant.lookup_compact. With AVX-512 the
- * loops run 16 lanes at a time (gathers from the code maps and lookup tables); without it, the same
- * arithmetic runs one element at a time. Blocks of a tensor are spread over OpenMP threads.
+ * optimizer (diffGrad's exp aside): every operation is rounded once (the build passes -ffp-contract=off,
+ * so no multiply-add is fused), division and square root are IEEE's, and 8-bit states are decoded as
+ * code[c] * absmax and encoded to the nearest code, as thrifty.compress.quant.nearest_code. With AVX-512
+ * the loops run 16 lanes at a time (64 codes decoded at once by byte permutes where the CPU has VBMI,
+ * else gathers; one gather from a packed table per encoded value); without it, the same arithmetic
+ * runs one element at a time. A call takes all the tensors of a param group, cut into work items of
+ * whole blocks that OpenMP threads take in order.
  */
 #include <stdint.h>
 #include <stdlib.h>

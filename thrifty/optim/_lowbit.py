@@ -11,9 +11,10 @@ Four paths compute the same numbers, bit for bit (tested):
 * ``fused=False``, the reference: dequantizes whole tensors with the core's ``dequantize_blockwise``
   and requantizes with ``quantize_blockwise``;
 * ``fused=None`` (the default) and ``fused=True``, native, on contiguous fp32 CPU tensors: one call
-  per tensor of the subclass's ``_native_kernel`` in ``thrifty._native`` (C with AVX-512, built on
-  first use), which decodes 64 codes at a time with byte permutes, runs the update, takes the
-  block maxima and encodes with one lookup per value in ``CodeLookup.packed``, over OpenMP threads;
+  per param group of the subclass's ``_native_kernel`` in ``thrifty._native`` (C with AVX-512,
+  built on first use), which decodes 64 codes at a time with byte permutes, runs the update, takes
+  the block maxima and encodes with one lookup per value in ``CodeLookup.packed``, over OpenMP
+  threads;
 * ``fused=None`` otherwise (other dtypes or devices, no C compiler, ``THRIFTY_NATIVE=0``), chunked
   eager: walks each tensor in chunks of whole blocks small enough to stay in cache and finds
   nearest codes with ``CodeLookup`` tables;
@@ -338,7 +339,7 @@ class BlockwiseOptimizer(ThriftyOptimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """One optimisation step, skipped with a warning if any gradient is not finite."""
+        """One optimisation step, skipped with a warning if any gradient is not finite or too large to square."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

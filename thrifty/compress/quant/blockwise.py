@@ -22,8 +22,8 @@ The nearest code is found with ``torch.bucketize`` against the midpoints of adja
 binary search, 8 comparisons per element) rather than an argmin over all 256 codes. Ties at a
 midpoint go to the lower code. ``CodeLookup`` finds the same indices by a table lookup on the
 float's top 16 bits, for code that quantizes often (the 8-bit optimizers), and ``quantize_blockwise``
-runs that lookup in the native kernel of ``thrifty._native`` for fp32 CPU tensors (same codes, about
-10 times faster than ``bucketize``). ``block_size=None``
+runs that lookup in the native kernel of ``thrifty._native`` for fp32 CPU tensors (the same codes,
+about 30 times faster than through ``bucketize`` on 4M values). ``block_size=None``
 makes the whole tensor one block (tensor-wise quantization, the ablation of the paper).
 """
 
