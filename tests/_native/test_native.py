@@ -77,6 +77,17 @@ def test_library_is_cached_and_can_be_turned_off(monkeypatch):
     assert _native.library() is None
 
 
+def test_unwritable_cache_builds_in_the_temporary_directory(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    monkeypatch.setenv("THRIFTY_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _native.library() is not None
+    assert list((tmp_path / "tmp").glob("thrifty-*/native/thrifty_kernels-*.so"))
+
+
 def test_missing_compiler_warns_once_and_returns_none(monkeypatch):
     monkeypatch.setattr(_native, "_compiler", lambda: None)
     with pytest.warns(RuntimeWarning, match="no C compiler"):

@@ -11,17 +11,19 @@ param group, so small tensors cost no per-tensor call.
 
 The library is built once per machine with the system C compiler (``$CC``, else ``cc``) as
 ``-O3 -march=native -fopenmp -ffp-contract=off`` into ``$THRIFTY_CACHE/native`` (default
-``~/.cache/thrifty/native``), keyed by a hash of the source, the flags, the compiler and the CPU,
-and loaded with ``ctypes`` (which releases the GIL during a call). Building takes about a second;
-``build_seconds()`` reports it. Without a working compiler ``library()`` warns once and returns
-``None``, and the optimizers use their ``torch.compile`` kernels (``fused=True``) or eager paths. ``THRIFTY_NATIVE=0``
-turns the native kernels off; ``THRIFTY_NATIVE_CFLAGS`` adds compiler arguments (``-mno-avx512f``
-builds the plain C loops, ``-mno-avx512vbmi`` the AVX-512 loops without byte permutes).
+``~/.cache/thrifty/native``; the temporary directory when that cannot be created), keyed by a
+hash of the source, the flags, the compiler and the CPU, and loaded with ``ctypes`` (which
+releases the GIL during a call). Building takes about a second; ``build_seconds()`` reports it.
+Without a working compiler ``library()`` warns once and returns ``None``, and the optimizers use
+their ``torch.compile`` kernels (``fused=True``) or eager paths. ``THRIFTY_NATIVE=0`` turns the
+native kernels off; ``THRIFTY_NATIVE_CFLAGS`` adds compiler arguments (``-mno-avx512f`` builds the
+plain C loops, ``-mno-avx512vbmi`` the AVX-512 loops without byte permutes).
 """
 
 from __future__ import annotations
 
 import ctypes
+import getpass
 import hashlib
 import os
 import platform
@@ -109,10 +111,17 @@ def _build(compiler: str, flags: tuple[str, ...]) -> Path:
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     digest = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_key().encode()]))
-    target = _cache_dir() / f"thrifty_kernels-{digest.hexdigest()[:16]}.so"
+    name = f"thrifty_kernels-{digest.hexdigest()[:16]}.so"
+    target = _cache_dir() / name
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # an unwritable cache (read-only home): build in the temporary directory instead
+        target = Path(tempfile.gettempdir()) / f"thrifty-{getpass.getuser()}" / "native" / name
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
