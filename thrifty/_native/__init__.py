@@ -23,7 +23,6 @@ plain C loops, ``-mno-avx512vbmi`` the AVX-512 loops without byte permutes).
 from __future__ import annotations
 
 import ctypes
-import getpass
 import hashlib
 import os
 import platform
@@ -118,7 +117,12 @@ def _build(compiler: str, flags: tuple[str, ...]) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError:  # an unwritable cache (read-only home): build in the temporary directory instead
-        target = Path(tempfile.gettempdir()) / f"thrifty-{getpass.getuser()}" / "native" / name
+        target = (
+            Path(tempfile.gettempdir())
+            / f"thrifty-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+            / "native"
+            / name
+        )
         if target.exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
