@@ -14,28 +14,15 @@ import openai
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_engine import tiny_model
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from test_engine import byte_tokenizer, tiny_model
 
 from thrifty.cli import main
 from thrifty.serve import SchedulerConfig
 from thrifty.serve.engine import AsyncLLMEngine, LLMEngine
-from thrifty.serve.model.loader import TextTokenizer
 from thrifty.serve.server import serve_in_thread
 
 CONTEXT = 256
 NAME = "tiny-test"
-
-
-def byte_tokenizer() -> TextTokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(["def f(x):\n    return x + 1\n" * 20, "import os\nprint(os.getcwd())\n" * 20], trainer)
-    return TextTokenizer(tok, eos_token_ids=[0])
 
 
 @pytest.fixture(scope="module")

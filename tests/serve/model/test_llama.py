@@ -14,18 +14,21 @@ from thrifty.serve.model.loader import load_llama
 BS = 4  # small blocks so that short sequences span several of them
 
 
+# The tiny model's shape, as keyword arguments of both LlamaConfig and transformers.LlamaConfig.
+TINY = dict(
+    vocab_size=61,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rope_theta=500.0,
+)
+
+
 def tiny_config(**kw) -> LlamaConfig:
-    base = dict(
-        vocab_size=61,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rope_theta=500.0,
-    )
-    return LlamaConfig(**{**base, **kw})
+    return LlamaConfig(**{**TINY, **kw})
 
 
 def random_model(config: LlamaConfig, dtype=torch.float64, seed=0) -> LlamaForCausalLM:
@@ -73,17 +76,7 @@ def random_splits(n: int, rng: random.Random) -> list[int]:
 def test_logits_match_transformers_through_chunked_prefill_and_decodes(tmp_path, hf_kw):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    kw = dict(
-        vocab_size=61,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        rope_theta=500.0,
-    )
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**kw, **hf_kw})).eval()
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**TINY, **hf_kw})).eval()
     with torch.no_grad():
         for p in hf.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # norms and biases away from their 1/0 init

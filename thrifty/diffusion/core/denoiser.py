@@ -161,12 +161,14 @@ def _batch_time(t: Tensor | float, x: Tensor) -> Tensor:
 
 
 class DenoiserWrapper(nn.Module):
-    """Base of wrappers that change how a denoiser is evaluated (counting calls, skipping blocks, tiling) but not
-    what it predicts: the schedule and the prediction type are the wrapped denoiser's."""
+    """Base of wrappers around a denoiser (counting calls, skipping blocks, tiling, guidance) whose ``forward``
+    returns predictions in the wrapped denoiser's schedule and prediction type."""
 
     def __init__(self, denoiser: nn.Module) -> None:
         super().__init__()
         self.denoiser = denoiser
+
+    predict = Denoiser.predict  # converts this wrapper's own forward output
 
     @property
     def schedule(self) -> NoiseSchedule:

@@ -30,9 +30,9 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from thrifty.diffusion.core.denoiser import Denoiser, Prediction, to_x0_eps
+from thrifty.diffusion.core.denoiser import Denoiser, DenoiserWrapper, Prediction
 from thrifty.diffusion.core.schedules import NoiseSchedule, _expand, as_time
 
 __all__ = [
@@ -284,7 +284,7 @@ def sample(
     return (x, trajectory) if return_trajectory else x
 
 
-class ClassifierFreeGuidance(nn.Module):
+class ClassifierFreeGuidance(DenoiserWrapper):
     """Classifier-free guidance as a denoiser: ``pred = pred(uncond) + scale (pred(cond) - pred(uncond))``.
 
     Combines the two calls in the base denoiser's own prediction type (all conversions are affine in the prediction
@@ -293,26 +293,12 @@ class ClassifierFreeGuidance(nn.Module):
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, uncond: Any) -> None:
-        super().__init__()
-        self.denoiser = denoiser
+        super().__init__(denoiser)
         self.scale = scale
         self.uncond = uncond
-
-    @property
-    def schedule(self) -> NoiseSchedule:
-        return self.denoiser.schedule
-
-    @property
-    def prediction_type(self) -> str:
-        return self.denoiser.prediction_type
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Tensor:
         base = self.denoiser(x, t, self.uncond)
         if cond is None or self.scale == 0:
             return base
         return base + self.scale * (self.denoiser(x, t, cond) - base)
-
-    def predict(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Prediction:
-        t = as_time(t, x)
-        x0, eps = to_x0_eps(self(x, t, cond), self.prediction_type, x, t, self.schedule)
-        return Prediction(x0, eps, t, self.schedule)

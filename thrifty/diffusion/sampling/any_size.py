@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from thrifty.diffusion.core.denoiser import DenoiserWrapper, Prediction, to_x0_eps
+from thrifty.diffusion.core.denoiser import DenoiserWrapper
 from thrifty.diffusion.core.schedules import as_time
 
 __all__ = ["AnySizeDiffusion", "TiledDenoiser", "gaussian_tile_weights", "seam_energy", "tile_starts"]
@@ -138,11 +138,6 @@ class TiledDenoiser(DenoiserWrapper):
             pred = torch.where(norm > 0, pred, self.reference)
         self.reference = pred
         return pred
-
-    def predict(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Prediction:
-        t = as_time(t, x)
-        x0, eps = to_x0_eps(self(x, t, cond), self.prediction_type, x, t, self.schedule)
-        return Prediction(x0, eps, t, self.schedule)
 
 
 class AnySizeDiffusion:
