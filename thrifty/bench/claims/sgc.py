@@ -65,10 +65,10 @@ def _grid(scheme: str, n: int, max_param: int, max_delay: int) -> list[tuple[int
     return sorted(set(out))
 
 
-def _runtime(scheme: str, n: int, params, trace: np.ndarray, jobs: int, kind: str, seed: int):
-    coder = make_coder(scheme, n, params)
+def _worker_times(coder, trace: np.ndarray, kind: str, seed: int):
+    """Per-worker job times of ``coder`` on a straggler ``trace`` with the ``kind`` (simulated or real) timing model."""
     t = SGC_TIMES[kind]
-    times = worker_times(
+    return worker_times(
         trace,
         coder.load,
         unit=t["unit"],
@@ -77,7 +77,11 @@ def _runtime(scheme: str, n: int, params, trace: np.ndarray, jobs: int, kind: st
         jitter=t["jitter"],
         generator=torch.Generator().manual_seed(seed),
     )
-    return simulate(coder, times, jobs, t["mu"])
+
+
+def _runtime(scheme: str, n: int, params, trace: np.ndarray, jobs: int, kind: str, seed: int):
+    coder = make_coder(scheme, n, params)
+    return simulate(coder, _worker_times(coder, trace, kind, seed), jobs, SGC_TIMES[kind]["mu"])
 
 
 def _select(scheme: str, n: int, jobs: int, max_param: int, max_delay: int, kind: str, calib: np.ndarray):
@@ -120,16 +124,7 @@ def sgc_claim(ctx: ClaimContext) -> ClaimOutcome:
         specs = []
         for scheme, params in chosen.items():
             coder = make_coder(scheme, n_real, params)
-            t = SGC_TIMES["real"]
-            delays = worker_times(
-                test[: jobs_real + coder.delay],
-                coder.load,
-                unit=t["unit"],
-                latency=t["latency"],
-                slowdown=t["slowdown"],
-                jitter=t["jitter"],
-                generator=torch.Generator().manual_seed(seed),
-            )
+            delays = _worker_times(coder, test[: jobs_real + coder.delay], "real", seed)
             specs.append(
                 CodedTrainingSpec(
                     scheme,
@@ -138,7 +133,7 @@ def sgc_claim(ctx: ClaimContext) -> ClaimOutcome:
                     delays,
                     batch_size=SGC_REAL_BATCH,
                     num_models=models,
-                    mu=t["mu"],
+                    mu=SGC_TIMES["real"]["mu"],
                     seed=seed,
                 )
             )
