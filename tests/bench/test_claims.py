@@ -1,10 +1,11 @@
-"""Every registered claim runs at smoke scale, and claims and catalogue agree."""
+"""Every registered claim runs at smoke scale through the one comparison rule, and claims and catalogue agree."""
 
 import math
 
 import pytest
 
 from thrifty.bench.claim import VERDICTS
+from thrifty.bench.compare import combine
 from thrifty.bench.claims import UnknownClaimError, all_claims, default_claims, get_claim
 from thrifty.bench.runner import run_claims
 from thrifty.catalog import PAPERS
@@ -22,6 +23,10 @@ def test_every_implemented_paper_has_a_claim_and_every_claim_a_paper():
         if paper.status == "implemented":
             assert paper.resolve() is not None
             assert any(m in claims for m in paper.methods), f"{paper.key} is implemented but has no claim"
+
+
+def test_registry_is_sorted_whatever_the_import_order():
+    assert list(all_claims()) == sorted(all_claims())
 
 
 def test_default_suite_and_lookup():
@@ -44,6 +49,7 @@ HAVE_TRACES = (DEFAULT_DATA_DIR / "llm-traces").is_dir()
         for k in sorted(all_claims())
     ],
 )
+@pytest.mark.slow
 def test_claim_runs_at_smoke_scale(key):
     run = run_claims([get_claim(key)], scale="smoke", seeds=2)
     (result,) = run.results
@@ -51,6 +57,11 @@ def test_claim_runs_at_smoke_scale(key):
     assert result.verdict in VERDICTS
     outcome = result.outcome
     assert outcome.summary
+    # The one rule: the verdict is what the judged comparisons combine to, and there are some.
+    assert outcome.comparisons, f"{key} judged nothing through thrifty.bench.compare"
+    assert outcome.verdict == combine(outcome.comparisons, outcome.require)
+    for tuning in outcome.tuning:  # choices are made on tuning seeds, never on judged ones
+        assert not set(tuning["tuning_seeds"]) & set(run.seeds)
     assert outcome.metrics and any(math.isfinite(v) for v in outcome.metrics.values())
     # The evidence: curves per seed (training runs), or per-seed figures where it is not a curve (capacity
     # searches, simulations), which the report tabulates.

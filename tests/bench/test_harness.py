@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from thrifty.bench.claim import HELD, NOT_HELD, Claim, ClaimContext, ClaimOutcome, Series
+from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome, Series
+from thrifty.bench.compare import compare
 from thrifty.bench.experiment import make_scheduler
 from thrifty.bench.report import write_all
 from thrifty.bench.runner import run_claims
@@ -15,9 +16,10 @@ def _outcome(ctx: ClaimContext) -> ClaimOutcome:
     for seed in ctx.seeds:
         series.add([0, 1, 2], [0.0, 0.1 + seed, 0.2 + seed], [1.0, 0.5 - 0.1 * seed, 0.25])
     per_seed = [float(s) for s in ctx.seeds]
-    return ClaimOutcome(
-        HELD if len(ctx.seeds) > 1 else NOT_HELD,
+    gain = compare("x", [1.0 + 0.01 * s for s in ctx.seeds], [0.0] * len(ctx.seeds), better="higher", margin=0.1)
+    return ClaimOutcome.judged(
         f"{len(ctx.seeds)} seeds",
+        [gain],
         metrics={"x": 1.5, "nan": math.nan},
         per_seed={"x": per_seed},
         series=[series],
@@ -29,11 +31,11 @@ def _crash(ctx: ClaimContext) -> ClaimOutcome:
 
 
 def _claim(key, run):
-    return Claim(key=key, paper="paper", field="optim", statement="s", measures="m", threshold="t", run=run)
+    return Claim(key=key, statement="s", measures="m", threshold="t", run=run)
 
 
 def test_run_claims_writes_results_and_report(tmp_path):
-    run = run_claims([_claim("fake", _outcome)], scale="smoke", seeds=3)
+    run = run_claims([_claim("soap", _outcome)], scale="smoke", seeds=3)
     assert not run.failed
     results_path, report_path = write_all(run, tmp_path)
     data = json.loads(results_path.read_text())
@@ -45,14 +47,16 @@ def test_run_claims_writes_results_and_report(tmp_path):
     assert claim["per_seed"] == {"x": [0.0, 1.0, 2.0]}
     assert claim["metrics"]["nan"] is None  # NaN is written as JSON null, not as invalid JSON
     report = report_path.read_text()
-    assert "| fake | held | 3 seeds |" in report
-    assert (tmp_path / "fake.png").stat().st_size > 1000
+    assert "| soap | held | 3 seeds [x: effect +1.01" in report
+    assert "| x | 1.01 | 0 | 1.01 | [" in report  # the judged comparison's table row
+    assert claim["comparisons"][0]["verdict"] == HELD and claim["paper"].startswith("SOAP")
+    assert (tmp_path / "soap.png").stat().st_size > 1000
 
 
 def test_a_crashing_claim_is_recorded_and_the_others_still_run(tmp_path):
-    run = run_claims([_claim("bad", _crash), _claim("good", _outcome)], scale="smoke", seeds=1)
+    run = run_claims([_claim("diffgrad", _crash), _claim("sgd_sai", _outcome)], scale="smoke", seeds=1)
     assert run.failed
-    assert [r.verdict for r in run.results] == ["error", NOT_HELD]
+    assert [r.verdict for r in run.results] == ["error", INCONCLUSIVE]  # one seed: the rule cannot hold
     assert "boom" in run.results[0].error
     _, report = write_all(run, tmp_path)
     assert "The claim crashed" in report.read_text()
@@ -63,8 +67,15 @@ def test_bad_arguments_raise():
         run_claims([], scale="huge")
     with pytest.raises(ValueError, match="verdict"):
         ClaimOutcome("maybe", "x")
+    with pytest.raises(ValueError, match="needs the comparisons"):
+        ClaimOutcome(HELD, "a verdict with nothing behind it")
+    held = compare("x", [1.0, 1.1], [0.0, 0.0], better="higher", margin=0.1)
+    with pytest.raises(ValueError, match="disagrees"):
+        ClaimOutcome(NOT_HELD, "x", comparisons=[held])
     with pytest.raises(ValueError, match="seeds"):
         ClaimContext("smoke", [])
+    with pytest.raises(ValueError, match="apart from the judged seeds"):
+        ClaimContext("smoke", [0, 1], tuning_seeds=[1])
 
 
 def test_make_scheduler_names_and_refined_tuples():

@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +30,11 @@ __all__ = [
     "default_device",
     "first_step_reaching",
     "grid_note",
+    "interleaved_step_seconds",
     "make_scheduler",
+    "Tuning",
     "run_method",
+    "tune",
     "tune_lr",
 ]
 
@@ -211,6 +217,65 @@ def run_method(
     return runs
 
 
+@dataclass
+class Tuning:
+    """A choice a claim made: the grid, the tuning seeds it was judged on, the mean metric per grid value, the pick.
+
+    ``ClaimOutcome.tuning`` records ``to_dict()`` so a reader sees what was tried and that no judged seed took part.
+    """
+
+    label: str
+    metric: str
+    higher_is_better: bool
+    seeds: list[int]
+    table: dict[Any, float]
+    chosen: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "tuning_seeds": list(self.seeds),
+            "grid": {str(k): v for k, v in self.table.items()},
+            "chosen": self.chosen,
+        }
+
+    def note(self) -> str:
+        """The grid as ``grid_note`` prints it (lower-is-better edge flag), with the tuning seeds."""
+        return f"{grid_note(self.table)} (tuning seeds {self.seeds})"
+
+
+def tune(
+    ctx: ClaimContext,
+    label: str,
+    grid: Sequence[Any],
+    evaluate: Callable[[Any, int], float],
+    metric: str,
+    higher_is_better: bool,
+    seeds: Sequence[int] | None = None,
+) -> Tuning:
+    """Pick the value of ``grid`` with the best mean ``evaluate(value, seed)`` over the tuning seeds.
+
+    The seeds default to ``ctx.tuning_seeds`` and may never include a judged seed (``ctx.seeds``): choices are
+    tuned apart from the verdicts they feed. ``chosen`` is ``None`` when every value gave a non-finite metric.
+    """
+    seeds = list(ctx.tuning_seeds if seeds is None else seeds)
+    judged = set(seeds) & set(ctx.seeds)
+    if judged:
+        raise ValueError(f"{label}: tuning on judged seeds {sorted(judged)}; tune on ctx.tuning_seeds")
+    table: dict[Any, float] = {}
+    for value in grid:
+        results = [evaluate(value, seed) for seed in seeds]
+        table[value] = math.nan if any(not math.isfinite(r) for r in results) else sum(results) / len(results)
+    finite = {v: r for v, r in table.items() if math.isfinite(r)}
+    chosen = None
+    if finite:
+        pick = max if higher_is_better else min
+        chosen = pick(finite, key=finite.__getitem__)
+    return Tuning(label, metric, higher_is_better, seeds, table, chosen)
+
+
 def tune_lr(
     ctx: ClaimContext,
     label: str,
@@ -218,24 +283,42 @@ def tune_lr(
     grid: list[float],
     metric: str,
     higher_is_better: bool,
-    seed: int = 0,
-) -> tuple[float | None, dict[float, float]]:
-    """Pick the learning rate of ``grid`` with the best final ``metric`` on one seed.
+    seeds: Sequence[int] | None = None,
+) -> Tuning:
+    """Pick the learning rate of ``grid`` with the best mean final ``metric`` over the tuning seeds (``tune``)."""
 
-    Returns the best rate (``None`` when every run stopped) and the final metric per rate
-    (NaN for runs that stopped), which claims record so a reader can judge the tuning.
-    """
-    table: dict[float, float] = {}
-    for lr in grid:
+    def evaluate(lr: float, seed: int) -> float:
         kwargs = dict(spec.opt_kwargs) | {"lr": lr}
         trial = dataclasses.replace(spec, opt_kwargs=tuple(sorted(kwargs.items())))
-        runs = run_method(ctx, f"{label} lr={lr:g}", trial, seeds=[seed])
-        table[lr] = runs.finals(metric)[0]
-    finite = {lr: v for lr, v in table.items() if math.isfinite(v)}
-    if not finite:
-        return None, table
-    pick = max if higher_is_better else min
-    return pick(finite, key=finite.__getitem__), table
+        return run_method(ctx, f"{label} lr={lr:g} (tuning)", trial, seeds=[seed]).finals(metric)[0]
+
+    return tune(ctx, label, grid, evaluate, metric, higher_is_better, seeds)
+
+
+def interleaved_step_seconds(specs: Sequence[RunSpec], seed: int, rounds: int, steps_per_round: int = 1) -> list[float]:
+    """Median seconds per training step of each spec, measured interleaved in this process.
+
+    Each spec's task and optimizer are built once; every round runs ``steps_per_round`` steps of each spec in
+    turn, so load from other processes falls on all of them alike (wall-clock of separate runs does not: on a
+    busy machine one run can take ten times another). The first round is a warm-up and is not counted.
+    """
+    runners = []
+    for spec in specs:
+        task = make_task(spec.workload, seed=seed, device=spec.device, **dict(spec.config))
+        optimizer = create_optimizer(task.model, spec.optimizer, **dict(spec.opt_kwargs))
+        runners.append((task, optimizer))
+    times: list[list[float]] = [[] for _ in specs]
+    for round_ in range(rounds + 1):
+        for i, (task, optimizer) in enumerate(runners):
+            batches = [task.next_batch() for _ in range(steps_per_round)]
+            start = time.perf_counter()
+            for batch in batches:
+                optimizer.zero_grad(set_to_none=True)
+                task.loss(task.model, batch).backward()
+                optimizer.step()
+            if round_ > 0:
+                times[i].append((time.perf_counter() - start) / steps_per_round)
+    return [statistics.median(t) for t in times]
 
 
 def first_step_reaching(curve: Curve, metric: str, target: float, higher_is_better: bool) -> float:

@@ -111,6 +111,25 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _comparison_table(comparisons, title: str) -> list[str]:
+    if not comparisons:
+        return []
+    lines = [
+        f"{title}:",
+        "",
+        "| comparison | method | baseline | effect | interval | n | rule | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        pct = (lambda x: f"{x:+.2%}" if math.isfinite(x) else str(x)) if c.relative else _fmt
+        verdict = c.verdict + (f" ({c.reason})" if c.reason else "")
+        lines.append(
+            f"| {c.name} | {_fmt(c.method_mean)} | {_fmt(c.baseline_mean)} | {pct(c.effect)} | "
+            f"[{pct(c.low)}, {pct(c.high)}] ({c.interval}) | {c.n} | {c.rule} | {verdict} |"
+        )
+    return lines + [""]
+
+
 def _claim_section(r: ClaimResult, out_dir: Path) -> list[str]:
     c = r.claim
     lines = [
@@ -128,6 +147,21 @@ def _claim_section(r: ClaimResult, out_dir: Path) -> list[str]:
         return lines
     o = r.outcome
     lines += [f"**Result:** {o.summary}", ""]
+    lines += _comparison_table(
+        o.comparisons,
+        "Judged comparisons (all must hold)" if o.require == "all" else "Judged comparisons (one must hold)",
+    )
+    lines += _comparison_table(o.reported, "Reported, not judged")
+    for t in o.tuning:
+        lines += [
+            f"Tuned on seeds {t['tuning_seeds']} (never judged): {t['label']}, mean final {t['metric']} "
+            f"({'higher' if t['higher_is_better'] else 'lower'} is better), chosen {_fmt(t['chosen'])}",
+            "",
+            "| value | " + t["metric"] + " |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in t["grid"].items()]
+        lines.append("")
     if o.metrics:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in o.metrics.items()]

@@ -1,5 +1,6 @@
-"""The registry of claims. Every module of this package registers its claims when imported; all of
-them are imported on the first lookup, so adding a claim means adding a module (or a function to one)."""
+"""The registry of claims. Claims live in folders that mirror the library's fields (``claims/optim/soap.py``);
+every module registers its claims when imported, and all of them are imported on the first lookup, so adding a
+claim means adding a module. Lookups list claims sorted by key, whatever the import order."""
 
 from __future__ import annotations
 
@@ -32,15 +33,15 @@ def register(claim: Claim) -> Claim:
 def _load() -> None:
     global _loaded
     if not _loaded:
-        for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-            importlib.import_module(f"{__name__}.{module}")
+        for module in sorted(m.name for m in pkgutil.walk_packages(__path__, prefix=f"{__name__}.")):
+            importlib.import_module(module)
         _loaded = True
 
 
 def all_claims() -> dict[str, Claim]:
-    """Every registered claim by key, in registration order."""
+    """Every registered claim by key, sorted by key."""
     _load()
-    return dict(_REGISTRY)
+    return dict(sorted(_REGISTRY.items()))
 
 
 def default_claims() -> list[Claim]:

@@ -136,8 +136,6 @@ def adadagrad_norm_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="adadagrad_norm",
-        paper="AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods (arXiv 2402.11215)",
-        field="batching",
         statement="We introduce AdAdaGrad and its scalar variant AdAdaGradNorm, which incrementally increase batch "
         "sizes during training, while model updates are performed using AdaGrad and AdaGradNorm. We prove that "
         "AdaGradNorm converges with high probability at a rate of O(1/K) for finding a first-order stationary "

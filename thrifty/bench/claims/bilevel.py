@@ -114,9 +114,6 @@ def bsvrb_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="bsvrb",
-        paper="Blockwise Stochastic Variance-Reduced Methods with Parallel Speedup for Multi-Block Bilevel "
-        "Optimization (arXiv 2305.18730)",
-        field="optim",
         statement="we propose two stochastic algorithms by using advanced blockwise variance-reduction techniques "
         "for tracking the Hessian matrices (for low-dimensional problems) or the Hessian-vector products (for "
         "high-dimensional problems) ... We also conduct experiments to verify the effectiveness of the proposed "

@@ -231,9 +231,6 @@ def instaflow_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="instaflow",
-        paper="InstaFlow: One Step is Enough for High-Quality Diffusion-Based Text-to-Image Generation "
-        "(arXiv 2309.06380)",
-        field=FIELD,
         statement="we find that the reflow procedure ... straightens the trajectories ... and refines the coupling "
         "between noises and images, which facilitates the distillation process with student models",
         measures="one-step SWD on 2-D eight Gaussians of a student distilled from the 2-rectified flow vs from the "
@@ -322,8 +319,6 @@ def slimflow_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="slimflow",
-        paper="SlimFlow: Training Smaller One-Step Diffusion Models with Rectified Flow (arXiv 2407.12718)",
-        field=FIELD,
         statement="we propose Annealing Reflow ... [and] Flow-Guided Distillation ... to train small, efficient "
         "one-step diffusion models",
         measures="one-step SWD on 2-D eight Gaussians of a student with at most a quarter of the teacher's "
@@ -400,8 +395,6 @@ def hyper_sd_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="hyper_sd",
-        paper="Hyper-SD: Trajectory Segmented Consistency Model for Efficient Image Synthesis (arXiv 2404.13686)",
-        field=FIELD,
         statement="we introduce Trajectory Segmented Consistency Distillation to progressively perform consistent "
         "distillation within pre-defined time-step segments, which facilitates the preservation of the original ODE "
         "trajectory",
@@ -506,8 +499,6 @@ def scott_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="scott",
-        paper="SCott: Accelerating Diffusion Models with Stochastic Consistency Distillation (arXiv 2403.01505)",
-        field=FIELD,
         statement="SCott ... integrates stochastic differential equation (SDE) solvers into consistency distillation "
         "to unleash the potential of the teacher model",
         measures="2-step SWD on 2-D eight Gaussians of consistency students distilled with a stochastic-solver "
@@ -616,8 +607,6 @@ def improved_lct_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="improved_lct",
-        paper="Improved Training Technique for Latent Consistency Models (arXiv 2502.01441)",
-        field=FIELD,
         statement="latent data often contains highly impulsive outliers, which significantly degrade the performance "
         "of iCT in the latent space. To address this, we replace Pseudo-Huber losses with Cauchy losses",
         measures="1- and 2-step inlier SWD of consistency training on outlier-contaminated 2-D data with the Cauchy "

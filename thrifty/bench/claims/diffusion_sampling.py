@@ -248,8 +248,6 @@ def boss_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="boss",
-        paper="Bellman Optimal Step-size Straightening of Flow-Matching Models (arXiv 2312.16414)",
-        field="diffusion",
         statement="First, this technique involves a dynamic programming algorithm that optimizes the step sizes of the "
         "pretrained network. Then, it refines the velocity network to match the optimal step sizes, aiming to "
         "straighten the generation paths.",
@@ -384,9 +382,6 @@ def autodiffusion_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="autodiffusion",
-        paper="AutoDiffusion: Training-Free Optimization of Time Steps and Architectures for Automated Diffusion "
-        "Model Acceleration (arXiv 2309.10438)",
-        field="diffusion",
         statement="We consider that such a uniform assumption is not the optimal solution in practice; i.e., we can "
         "find different optimal time steps for different models.",
         measures=f"held-out sample quality (fresh noise and fresh reference data) of the {AUTODIFF_STEPS}-step time "
@@ -514,8 +509,6 @@ def any_size_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="any_size",
-        paper="Any-Size-Diffusion: Toward Efficient Text-Driven Synthesis for Any-Size HD Images (arXiv 2308.16582)",
-        field="diffusion",
         statement="we further introduce a technique called Fast Seamless Tiled Diffusion (FSTD) at the subsequent "
         "stage. This method allows for the rapid enlargement of the ASD output to any high-resolution size, avoiding "
         "seaming artifacts or memory overloads.",

@@ -6,8 +6,8 @@ import math
 
 from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome
 from thrifty.bench.claims import register
-from thrifty.bench.claims.optim import ADAMW, CHARLM, _charlm_spec
 from thrifty.bench.experiment import run_method
+from thrifty.bench.specs import ADAMW, CHARLM, charlm_spec
 
 # The paper's pre-training learning rate (official scripts: lr 1e-3 for AdamW and FRUGAL alike).
 LR = 1e-3
@@ -25,16 +25,16 @@ def frugal_claim(ctx: ClaimContext) -> ClaimOutcome:
     steps = CHARLM[ctx.scale][1]
     gap = _update_gap(steps)
     split = {"density": DENSITY, "update_gap": gap, "proj_type": "svd"}
-    adamw = run_method(ctx, f"AdamW lr={LR:g}", _charlm_spec(ctx.scale, "adamw", lr=LR, **ADAMW))
+    adamw = run_method(ctx, f"AdamW lr={LR:g}", charlm_spec(ctx.scale, "adamw", lr=LR, **ADAMW))
     frugal = run_method(
         ctx,
         f"FRUGAL rho={DENSITY:g} (SVD, signSGD)",
-        _charlm_spec(ctx.scale, "frugal", lr=LR, inactive_update_rule="sign_sgd", **split, **ADAMW),
+        charlm_spec(ctx.scale, "frugal", lr=LR, inactive_update_rule="sign_sgd", **split, **ADAMW),
     )
     galore = run_method(
         ctx,
         f"GaLore-style rho={DENSITY:g} (SVD, no state-free update)",
-        _charlm_spec(ctx.scale, "frugal", lr=LR, inactive_update_rule="no", **split, **ADAMW),
+        charlm_spec(ctx.scale, "frugal", lr=LR, inactive_update_rule="no", **split, **ADAMW),
     )
     failures = adamw.failures + frugal.failures + galore.failures
     series = [r.series("val_loss") for r in (adamw, frugal, galore)]
@@ -82,9 +82,6 @@ def frugal_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="frugal",
-        paper="FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training "
-        "(arXiv 2411.07837)",
-        field="optim",
         statement="our method consistently outperforms concurrent approaches across various fixed memory "
         "budgets, achieving state-of-the-art results in pre-training and fine-tuning tasks while balancing "
         "memory efficiency and performance metrics",

@@ -215,9 +215,6 @@ def global_lbl_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="global_lbl",
-        paper="Demons in the Detail: On Implementing Load Balancing Loss for Training Specialized Mixture-of-Expert "
-        "Models (arXiv 2501.11873)",
-        field="nn",
         statement="we surprisingly find that the global-batch LBL strategy yields excellent performance gains in "
         "both pre-training perplexity and downstream tasks. Our analysis reveals that the global-batch LBL also "
         "greatly improves the domain specialization of MoE experts.",

@@ -253,9 +253,6 @@ def conadv_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="ghost_bn",
-        paper="Train longer, generalize better: closing the generalization gap in large batch training of neural "
-        "networks (arXiv 1705.08741)",
-        field="batching",
         statement='the "generalization gap" stems from the relatively small number of updates rather than the batch '
         'size, and can be completely eliminated by adapting the training regime used. ... "Ghost Batch '
         'Normalization" which enables significant decrease in the generalization gap',
@@ -272,8 +269,6 @@ register(
 register(
     Claim(
         key="conadv",
-        paper="Concurrent Adversarial Learning for Large-Batch Training (arXiv 2106.00221)",
-        field="batching",
         statement="we propose a novel Concurrent Adversarial Learning (ConAdv) method that decouple the sequential "
         "gradient computations in adversarial learning by utilizing staled parameters. Experimental results "
         "demonstrate that ConAdv can successfully increase the batch size on ResNet-50 training on ImageNet while "

@@ -6,8 +6,8 @@ import math
 
 from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome
 from thrifty.bench.claims import register
-from thrifty.bench.claims.optim import ADAMW, CHARLM, _charlm_spec
 from thrifty.bench.experiment import run_method
+from thrifty.bench.specs import ADAMW, CHARLM, charlm_spec
 
 LR = 1e-3  # the same hyperparameters for both: the paper's point is "without changing hyperparameters"
 TOLERANCE = 0.01  # 8-bit final validation loss at most 1% above fp32 AdamW's
@@ -18,12 +18,12 @@ TENSORWISE_LINEAR = {"quant_map": "linear", "block_size": None}
 
 def adamw8bit_claim(ctx: ClaimContext) -> ClaimOutcome:
     steps = CHARLM[ctx.scale][1]
-    adamw = run_method(ctx, f"AdamW lr={LR:g}", _charlm_spec(ctx.scale, "adamw", lr=LR, **ADAMW))
-    eight = run_method(ctx, "AdamW8bit (block-wise dynamic)", _charlm_spec(ctx.scale, "adamw8bit", lr=LR, **ADAMW))
+    adamw = run_method(ctx, f"AdamW lr={LR:g}", charlm_spec(ctx.scale, "adamw", lr=LR, **ADAMW))
+    eight = run_method(ctx, "AdamW8bit (block-wise dynamic)", charlm_spec(ctx.scale, "adamw8bit", lr=LR, **ADAMW))
     linear = run_method(
         ctx,
         "AdamW8bit (tensor-wise linear, ablation)",
-        _charlm_spec(ctx.scale, "adamw8bit", lr=LR, **TENSORWISE_LINEAR, **ADAMW),
+        charlm_spec(ctx.scale, "adamw8bit", lr=LR, **TENSORWISE_LINEAR, **ADAMW),
         seeds=ctx.seeds[:1],
     )
     failures = adamw.failures + eight.failures + linear.failures
@@ -77,8 +77,6 @@ def adamw8bit_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="adamw8bit",
-        paper="8-bit Optimizers via Block-wise Quantization (arXiv 2110.02861)",
-        field="optim",
         statement="our 8-bit optimizers maintain 32-bit performance with a small fraction of the memory footprint "
         "on a range of tasks ... without changes to the original optimizer hyperparameters",
         measures="final validation loss of AdamW8bit (block-wise dynamic 8-bit states) and fp32 AdamW with the "

@@ -207,8 +207,6 @@ def monna_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="monna",
-        paper="Robust Collaborative Learning with Linear Gradient Overhead (arXiv 2209.10931)",
-        field="distributed",
         statement="MoNNA uses Polyak's momentum of local gradients for local updates and nearest-neighbor averaging "
         "(NNA) for global mixing ... We validate our theory by experiments on image classification.",
         measures="final held-out accuracy of the honest peers (digits MLP, Dirichlet alpha 1 splits) for MoNNA and "

@@ -201,9 +201,6 @@ def one_byte_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="one_byte",
-        paper="Just One Byte (per gradient): A Note on Low-Bandwidth Decentralized Language Model Finetuning Using "
-        "Shared Randomness (arXiv 2306.10015)",
-        field="distributed",
         statement="As machines only exchange single-byte projected gradients, this is highly communication efficient.",
         measures="full-training-set loss of a pretrained digits MLP fine-tuned on mirrored digits by SharedSeedSPSA "
         "with 4 processes vs 1 process at equal forward passes per process (best lr of a shared grid each), int8 vs "

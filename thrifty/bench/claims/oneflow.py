@@ -156,8 +156,6 @@ def oneflow_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="oneflow",
-        paper="OneFlow: Redesign the Distributed Deep Learning Framework from Scratch (arXiv 2110.15032)",
-        field="distributed",
         statement="we present OneFlow, a novel distributed training framework based on an SBP (split, broadcast and "
         "partial-value) abstraction and the actor model. SBP enables much easier programming of data parallelism and "
         "model parallelism than existing frameworks",

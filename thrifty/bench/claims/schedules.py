@@ -14,8 +14,8 @@ import torch
 
 from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome, Series
 from thrifty.bench.claims import register
-from thrifty.bench.claims.optim import ADAMW, CHARLM, LR_GRID
 from thrifty.bench.experiment import MethodRuns, RunSpec, default_device, grid_note, run_method, tune_lr
+from thrifty.bench.specs import ADAMW, CHARLM, LR_GRID
 from thrifty.bench.workloads import Curve, NonFiniteLossError, fit, make_task
 from thrifty.optim import create_optimizer
 from thrifty.schedules import LanczosLR, refine_schedule
@@ -333,16 +333,9 @@ def scaling_rules_claim(ctx: ClaimContext) -> ClaimOutcome:
     return ClaimOutcome(HELD if held else NOT_HELD, summary, metrics, per_seed, series, details)
 
 
-_LINEAR_PAPER = "When, Why and How Much? Adaptive Learning Rate Scheduling by Refinement (arXiv 2310.07831)"
-_RMT_PAPER = (
-    "Learning Rates as a Function of Batch Size: A Random Matrix Theory Approach to Neural Network Training "
-    "(arXiv 2006.09092)"
-)
 register(
     Claim(
         key="linear_decay",
-        paper=_LINEAR_PAPER,
-        field="schedules",
         statement="We validate that overall, the linear-decay schedule matches or outperforms all commonly used "
         "default schedules including cosine annealing",
         measures="final validation loss of AdamW with linear decay and with cosine decay (both after a 5% linear "
@@ -355,8 +348,6 @@ register(
 register(
     Claim(
         key="refined",
-        paper=_LINEAR_PAPER,
-        field="schedules",
         statement="we use the observed gradient norms to derive schedules refined for any particular task ... "
         "our schedule refinement method gives further improvements",
         measures="final validation loss of AdamW with linear decay (5% warm-up, peak lr tuned on a grid) and with "
@@ -370,8 +361,6 @@ register(
 register(
     Claim(
         key="scaling_rules",
-        paper=_RMT_PAPER,
-        field="schedules",
         statement="we derive an analytical expressions for the maximal learning rates as a function of batch size, "
         "informing practical training regimens for both stochastic gradient descent (linear scaling) and "
         "adaptive algorithms, such as Adam (square root scaling)",
@@ -385,8 +374,6 @@ register(
 register(
     Claim(
         key="lanczos_lr",
-        paper=_RMT_PAPER,
-        field="schedules",
         statement="we develop a stochastic Lanczos quadrature based on the fly learning rate and momentum learner, "
         "which avoids the need for expensive multiple evaluations for these key hyper-parameters",
         measures="final validation loss on the digits MLP of SGD whose learning rate and heavy-ball momentum "

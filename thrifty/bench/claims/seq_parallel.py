@@ -238,8 +238,6 @@ def seq_parallel_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="seq_parallel",
-        paper="Sequence Parallelism: Long Sequence Training from System Perspective (arXiv 2105.13120)",
-        field="distributed",
         statement="Compared with tensor parallelism, our approach achieved 13.7x and 3.0x maximum batch size and "
         "sequence length respectively when scaling up to 64 NVIDIA P100 GPUs.",
         measures="longest sequence whose ring-attention forward + backward fits a fixed per-process budget (the "

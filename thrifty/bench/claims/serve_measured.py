@@ -500,8 +500,6 @@ def batchllm_cpu_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="sarathi_serve_cpu",
-        paper="Taming Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve (arXiv 2403.02310)",
-        field="serve",
         statement="Sarathi-Serve leverages chunked-prefills from Sarathi to create stall-free schedules that can add "
         "new requests in a batch without pausing ongoing decodes.",
         measures="measured on this CPU with the real engine (one torch thread, wall clock; the summary gives the load "
@@ -519,9 +517,6 @@ register(
 register(
     Claim(
         key="batchllm_cpu",
-        paper="BatchLLM: Optimizing Large Batched LLM Inference with Global Prefix Sharing and Throughput-oriented "
-        "Token Batching (arXiv 2412.03594)",
-        field="serve",
         statement="BatchLLM outperforms vLLM by 1.1x to 2x on a set of microbenchmarks and two typical industry "
         "workloads.",
         measures="measured on this CPU with the real engine (one torch thread, wall clock; the summary gives the load "

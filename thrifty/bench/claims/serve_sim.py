@@ -333,8 +333,6 @@ def batchllm_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="sarathi_serve",
-        paper="Taming Throughput-Latency Tradeoff in LLM Inference with Sarathi-Serve (arXiv 2403.02310)",
-        field="serve",
         statement="Our evaluation shows that Sarathi-Serve improves serving throughput within desired latency SLOs "
         "of Mistral-7B by up to 2.6x on a single A100 GPU and up to 6.9x for Falcon-180B on 8 A100 GPUs over Orca "
         "and vLLM.",
@@ -351,8 +349,6 @@ register(
 register(
     Claim(
         key="sarathi",
-        paper="SARATHI: Efficient LLM Inference by Piggybacking Decodes with Chunked Prefills (arXiv 2308.16369)",
-        field="serve",
         statement="On LLaMA-13B model, SARATHI improves the decode throughput by up to 10x, and accelerates "
         "end-to-end throughput by up to 1.33x.",
         measures="simulated (A6000 cost model with A100-fitted efficiencies): decode tokens/s of B-1 decodes "
@@ -368,9 +364,6 @@ register(
 register(
     Claim(
         key="batchllm",
-        paper="BatchLLM: Optimizing Large Batched LLM Inference with Global Prefix Sharing and Throughput-oriented "
-        "Token Batching (arXiv 2412.03594)",
-        field="serve",
         statement="BatchLLM outperforms vLLM by 1.1x to 2x on a set of microbenchmarks and two typical industry "
         "workloads.",
         measures="simulated (A100 cost model): total tokens/s of an offline batch of 64 shared 1,000-token prefixes "

@@ -219,8 +219,6 @@ def sgc_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="sgc",
-        paper="Sequential Gradient Coding For Straggler Mitigation (arXiv 2211.13802)",
-        field="distributed",
         statement="We demonstrate that the latter scheme can yield a 16% improvement in runtime over the baseline GC "
         "scheme, in the presence of naturally occurring, non-simulated stragglers.",
         measures="runtime and normalised load of M-SGC vs GC (and SR-SGC) on Gilbert-Elliott bursty straggler traces: "

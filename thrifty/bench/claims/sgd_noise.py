@@ -139,8 +139,6 @@ def sgd_noise_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="sgd_noise",
-        paper="Dissecting the Effects of SGD Noise in Distinct Regimes of Deep Learning (arXiv 2301.13703)",
-        field="batching",
         statement="Most importantly, we find that the characteristic temperature T_c where the noise of SGD starts "
         "affecting the trained model (and eventually performance) is a power law of P.",
         measures="critical temperature T_c(P) (where the relative weight variation after training to zero hinge loss "

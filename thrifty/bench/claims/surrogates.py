@@ -193,8 +193,6 @@ def sso_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="sso",
-        paper="Target-based Surrogates for Stochastic Optimization (arXiv 2302.02607)",
-        field="optim",
         statement="This allows for multiple parameter updates to the model, amortizing the cost of gradient "
         "computation. ... Our experiments indicate the benefits of target optimization and the effectiveness "
         "of SSO.",
@@ -365,8 +363,6 @@ def agvm_claim(ctx: ClaimContext) -> ClaimOutcome:
 register(
     Claim(
         key="agvm",
-        paper="Large-batch Optimization for Dense Visual Predictions (arXiv 2210.11078)",
-        field="optim",
         statement="AGVM can align the gradient variances between different modules in the dense visual predictors "
         "... We show that training with a large batch size can fail with the gradient variances misaligned among "
         "them",
