@@ -131,3 +131,14 @@ def test_titles_match_the_seed_list():
     titles = _seed_titles(seed)
     assert len(titles) == 63
     assert set(titles) == {p.title for p in PAPERS}
+
+
+def test_every_built_method_names_what_it_is_checked_against():
+    from thrifty.catalog import REFERENCES
+
+    fixtures = Path(__file__).resolve().parent / "optim" / "fixtures"
+    for p in PAPERS:
+        assert p.reference in REFERENCES, p.key
+        assert (p.reference == "none yet") == (p.status == "planned"), p.key
+        if p.reference == "official code":  # figures from running the official code are stored as fixtures
+            assert (fixtures / f"{p.key}_official.json").is_file(), p.key

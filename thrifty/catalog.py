@@ -8,6 +8,9 @@ its main object (``"module:Name"``) and a status:
 * ``"partial"``: some of it exists; the note says what is missing;
 * ``"planned"``: nothing is importable yet; the import path is where it will live.
 
+``reference`` says what the tests check the implementation against (``REFERENCES``): the official code's figures,
+a maintained peer library, or formulas derived from the paper; ``reference_note`` names the source.
+
 Honesty rule: a paper is marked ``"implemented"`` only when code, tests and claim all exist. Nothing
 here is checked at import time; ``tests/test_catalog.py`` holds the checks, and
 :meth:`Paper.resolve` simply fails for a path that does not exist yet.
@@ -19,7 +22,7 @@ import importlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["FIELDS", "PAPERS", "STATUSES", "Paper", "filter_papers", "get_paper"]
+__all__ = ["FIELDS", "PAPERS", "REFERENCES", "STATUSES", "Paper", "filter_papers", "get_paper"]
 
 FIELDS: tuple[str, ...] = (
     "optim",
@@ -34,6 +37,10 @@ FIELDS: tuple[str, ...] = (
     "data",
 )
 STATUSES: tuple[str, ...] = ("implemented", "partial", "planned")
+# What the tests check an implementation against: figures produced by running the paper's official code (stored as
+# fixtures), a maintained peer library run live or through fixtures, or formulas derived from the paper (and, where
+# code is public, from reading it; no figures of it); "none yet" for what is not built.
+REFERENCES: tuple[str, ...] = ("official code", "peer library", "paper formulas", "none yet")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class Paper:
     import_path: str
     status: str
     note: str = ""
+    reference: str = "none yet"
+    reference_note: str = ""
 
     def resolve(self) -> object:
         """Import ``import_path`` and return the named attribute (fails while the code is planned)."""
@@ -69,9 +78,11 @@ def _p(
     methods: tuple[str, ...] = (),
     status: str = "planned",
     note: str = "",
+    reference: str = "none yet",
+    reference_note: str = "",
 ) -> Paper:
     """Build a Paper whose method keys start with ``key``."""
-    return Paper(key, title, arxiv, field, (key, *methods), import_path, status, note)
+    return Paper(key, title, arxiv, field, (key, *methods), import_path, status, note, reference, reference_note)
 
 
 _ENTRIES: tuple[Paper, ...] = (
@@ -85,6 +96,8 @@ _ENTRIES: tuple[Paper, ...] = (
         methods=("adamw8bit", "sgd8bit", "blockwise_quant"),
         status="implemented",
         note="states in 8 bits with block-wise absmax and the dynamic code; quant core in thrifty.compress",
+        reference="peer library",
+        reference_note="bitsandbytes: dynamic map bit-identical, 8-bit trajectories within 0.2% loss",
     ),
     _p(
         "bsvrb",
@@ -94,6 +107,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.optim.bsvrb:BSVRB",
         status="implemented",
         note="multi-block bilevel; v2 tracks Hessian-vector products, no Hessian inverse",
+        reference="paper formulas",
     ),
     _p(
         "diffgrad",
@@ -103,6 +117,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.optim.diffgrad:DiffGrad",
         status="implemented",
         note="follows diffGrad_v2.py (the paper's diffGrad.py aliases the previous gradient)",
+        reference="official code",
+        reference_note="figures from shivram1987/diffGrad, bit-identical in float64",
     ),
     _p(
         "convex_relu",
@@ -121,6 +137,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.optim.frugal:FRUGAL",
         status="implemented",
         note="AdamW state-full part; SVD, random or whole-tensor subspaces; identity basis at density 1",
+        reference="paper formulas",
     ),
     _p(
         "agvm",
@@ -130,6 +147,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.optim.agvm:AGVM",
         status="implemented",
         note="per-module LR modulation wrapped around any optimizer, as the official AgvmOptimizerHook",
+        reference="paper formulas",
     ),
     _p(
         "sgd_sai",
@@ -139,6 +157,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.optim.sgd_sai:SGDSaI",
         status="implemented",
         note="g-SNR per parameter tensor, frozen after the first step, as in the official code",
+        reference="official code",
+        reference_note="figures from AnonymousAlethiometer/SGD_SaI, bit-identical in float64",
     ),
     _p(
         "soap",
@@ -147,6 +167,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "optim",
         "thrifty.optim.soap:SOAP",
         status="implemented",
+        reference="official code",
+        reference_note="figures from nikhilvyas/SOAP, within 9e-7 over 30 float32 steps",
     ),
     _p(
         "sso",
@@ -156,6 +178,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.optim.sso:SSO",
         status="implemented",
         note="the official SGD_FMDOpt: eta an inverse step size, no 1/2 on the proximity term, Armijo inner steps",
+        reference="paper formulas",
     ),
     # schedules
     _p(
@@ -167,6 +190,7 @@ _ENTRIES: tuple[Paper, ...] = (
         methods=("lanczos_lr", "scaling_rules"),
         status="implemented",
         note="scale_lr: linear (SGD) and square-root (Adam) rules; Lanczos learner: Polyak heavy-ball rates x 1/4",
+        reference="paper formulas",
     ),
     _p(
         "schedule_refinement",
@@ -177,6 +201,7 @@ _ENTRIES: tuple[Paper, ...] = (
         methods=("linear_decay", "refined"),
         status="implemented",
         note="l2 rule (SGD) and l1 rule (Adam); median filter as in the authors' plotting scripts",
+        reference="paper formulas",
     ),
     # batching
     _p(
@@ -189,6 +214,8 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="norm, augmented inner-product and coordinate-wise tests from per-sample (vmap) or micro-batch "
         "gradients; formulas from the card and Bollapragada et al. (the paper's body was not checked)",
+        reference="paper formulas",
+        reference_note="AdaGrad and AdaGradNorm bit-identical to torch.optim.Adagrad; the batch-size tests from the paper",
     ),
     _p(
         "conadv",
@@ -197,6 +224,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "batching",
         "thrifty.batching.conadv:ConAdv",
         status="implemented",
+        reference="paper formulas",
     ),
     _p(
         "sgd_noise",
@@ -206,6 +234,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.batching.sgd_noise:AlphaScaledModel",
         status="implemented",
         note="study: reproduced as an experiment; no new API beyond an alpha-scaled model and an lr/B sweep",
+        reference="paper formulas",
     ),
     _p(
         "ghost_bn",
@@ -215,6 +244,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.batching.ghost_bn:GhostBatchNorm",
         methods=("regime_adaptation",),
         status="implemented",
+        reference="paper formulas",
     ),
     _p(
         "duration_bucketing",
@@ -235,6 +265,7 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="int8 projected gradient per step over all_gather; parameters on a power-of-two grid so in-place "
         "perturbations restore bit-exactly and replicas stay identical",
+        reference="paper formulas",
     ),
     _p(
         "oneflow",
@@ -246,6 +277,7 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="SBP layouts as DTensor placements, the boxing cost table (measured), matmul signatures and a "
         "tensor-parallel MLP; the actor runtime and 2-D (hierarchical) SBP are not implemented",
+        reference="paper formulas",
     ),
     _p(
         "monna",
@@ -257,6 +289,7 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="all-to-all over one all_gather per step; NNA and baselines in thrifty.distributed.aggregators, "
         "attacks and simulated Byzantine peers in thrifty.distributed.byzantine",
+        reference="paper formulas",
     ),
     _p(
         "seq_parallel",
@@ -268,6 +301,7 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="default: ring passes of key/value chunks with an online log-sum-exp softmax (per-rank memory "
         "O((N/P)^2)); the paper's RSA (RingQK / RingAV, O(N^2/P)) as algorithm='rsa'; contiguous chunks, no zigzag",
+        reference="paper formulas",
     ),
     _p(
         "sgc",
@@ -279,6 +313,7 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="GC, SR-SGC and M-SGC with the (B, W, lambda) bursty model; simulator for large n and coded training "
         "on gloo processes with injected delays",
+        reference="paper formulas",
     ),
     # compress
     _p(
@@ -328,6 +363,7 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="counts of every micro-batch first, then one all-reduce and the global f (exact global-batch loss); "
         "MoELayer is token-choice top-k without capacity limits",
+        reference="paper formulas",
     ),
     _p(
         "layer_norm",
@@ -378,6 +414,7 @@ _ENTRIES: tuple[Paper, ...] = (
         status="partial",
         note="FSTD tiling (random offsets reset every 4 steps) with fixed and blended-overlap baselines, seam energy; "
         "claim on a Gaussian random field; ARAD (aspect-ratio fine-tuning of a text-to-image model) not implemented",
+        reference="paper formulas",
     ),
     _p(
         "autodiffusion",
@@ -389,6 +426,7 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="evolutionary time-step search with FID-proxy fitness (official EA defaults); per-step block skipping "
         "(SkipPlanDenoiser, search_skips) not in the claim",
+        reference="paper formulas",
     ),
     _p(
         "boss",
@@ -398,6 +436,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.diffusion.sampling.boss:BellmanStepSizes",
         status="implemented",
         note="Bellman DP over a 100-step reference grid and the straightening fine-tune (full, no LoRA)",
+        reference="paper formulas",
     ),
     _p(
         "concept_arithmetics",
@@ -423,6 +462,7 @@ _ENTRIES: tuple[Paper, ...] = (
         methods=("tscd",),
         status="implemented",
         note="TSCD stages 8-4-2-1 with MSE; no adversarial, human-feedback or DMD stage",
+        reference="paper formulas",
     ),
     _p(
         "improved_lct",
@@ -433,6 +473,7 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="consistency training (no teacher), grouped with the distillers; code unreleased, c statistic and "
         "diffusion-loss threshold unverified",
+        reference="paper formulas",
     ),
     _p(
         "instaflow",
@@ -442,6 +483,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.diffusion.distill.instaflow:InstaFlow",
         methods=("reflow",),
         status="implemented",
+        reference="paper formulas",
     ),
     _p(
         "koala",
@@ -489,6 +531,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.diffusion.distill.scott:SCott",
         status="implemented",
         note="stochastic teacher = DDIM-eta sub-steps; no adversarial term",
+        reference="paper formulas",
     ),
     _p(
         "slimflow",
@@ -497,6 +540,7 @@ _ENTRIES: tuple[Paper, ...] = (
         "diffusion",
         "thrifty.diffusion.distill.slimflow:SlimFlow",
         status="implemented",
+        reference="paper formulas",
     ),
     _p(
         "snoopi",
@@ -596,6 +640,8 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="prefix tree flattened to one shared level, decode-heavy groups first, projected-KV admission; "
         "claims simulated (A100) and measured on CPU; no fused prefix-shared attention kernel",
+        reference="paper formulas",
+        reference_note="the engine's logits equal transformers' LlamaForCausalLM; the prefix tree checked by brute force",
     ),
     _p(
         "sarathi",
@@ -605,6 +651,8 @@ _ENTRIES: tuple[Paper, ...] = (
         "thrifty.serve.sched.sarathi:SarathiScheduler",
         status="implemented",
         note="one prefill chunk per batch with piggybacked decodes; claim simulated (A6000 cost model)",
+        reference="paper formulas",
+        reference_note="the engine's logits equal transformers' LlamaForCausalLM; the scheduling rules from the paper",
     ),
     _p(
         "sarathi_serve",
@@ -616,6 +664,8 @@ _ENTRIES: tuple[Paper, ...] = (
         status="implemented",
         note="stall-free token budget, dynamic chunking; claims simulated (A100 capacity) and measured on CPU; "
         "engine and OpenAI-compatible server in thrifty.serve",
+        reference="paper formulas",
+        reference_note="the engine's logits equal transformers' LlamaForCausalLM; the scheduling rules from the paper",
     ),
     # data
     _p(
