@@ -81,3 +81,29 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     update(x)
     assert update.eager and torch.equal(x, torch.full((3,), 2.0)) and len(calls) == 2
     assert update.compile_seconds is not None
+
+
+@pytest.mark.parametrize("name", ["diffgrad", "sgd_sai"])
+def test_default_constructor_takes_the_native_kernel_on_fp32_cpu_tensors(name):
+    """fused=None (the default) runs the native kernel where it applies: the same numbers as fused=True."""
+    from thrifty import _native
+    from thrifty.optim import create_optimizer
+
+    if _native.library() is None:
+        pytest.skip("no C compiler: the native kernels are unavailable")
+
+    def trajectory(**kwargs):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 4))
+        opt = create_optimizer(model.parameters(), name, lr=1e-2, **kwargs)
+        for step in range(5):
+            torch.manual_seed(100 + step)
+            opt.zero_grad()
+            model(torch.randn(8, 16)).square().mean().backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    default, fused, reference = trajectory(), trajectory(fused=True), trajectory(fused=False)
+    assert torch.equal(default, fused)
+    torch.testing.assert_close(default, reference, rtol=1e-5, atol=1e-6)
+    assert torch.equal(trajectory(foreach=True), trajectory(fused=False, foreach=True))  # foreach asked by name

@@ -35,9 +35,11 @@ DEFAULT_SPECS = (
     "adamw:foreach",
     "adamw:single",
     "soap",
+    "sgd_sai",
     "sgd_sai:single",
     "sgd_sai:foreach",
     "sgd_sai:fused",
+    "diffgrad",
     "diffgrad:single",
     "diffgrad:foreach",
     "diffgrad:fused",
@@ -55,7 +57,7 @@ _REQUIRED: dict[str, dict[str, Any]] = {"sgd8bit": {"lr": 1e-3, "momentum": 0.9}
 _VARIANTS: dict[str, dict[str, Any]] = {
     "fused": {"fused": True},
     "foreach": {"foreach": True},
-    "single": {"foreach": False},
+    "single": {"foreach": False, "fused": False},
     "reference": {"fused": False},
 }
 

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from thrifty import _native
+
 __all__ = [
     "CompiledUpdate",
     "ThriftyOptimizer",
@@ -107,6 +109,22 @@ class ThriftyOptimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], use_foreach: bool) -> None:
         raise NotImplementedError
+
+    def _native_split(self, group: Mapping[str, Any], params: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """For ``fused=None``: the tensors the native kernel can update (contiguous fp32 CPU tensors, states
+        included, when the kernel library is available) and the rest, which take the foreach or reference path.
+
+        ``foreach=True`` asks for the multi-tensor path by name, so it gets no native tensors.
+        """
+        if group.get("fused") is not None or group.get("foreach") or not params:
+            return [], params
+        native, rest = [], []
+        for p in params:
+            tensors = [p, p.grad, *(v for v in self.state[p].values() if isinstance(v, Tensor))]
+            (native if _native.usable(*tensors) else rest).append(p)
+        if native and _native.library() is None:
+            return [], params
+        return native, rest
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
