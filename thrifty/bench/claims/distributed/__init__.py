@@ -1,0 +1,1 @@
+"""Claims of the distributed-training papers (``thrifty.distributed``)."""
