@@ -5,7 +5,6 @@ import torch.distributed as dist
 from thrifty.distributed import spawn
 from thrifty.distributed.seq_parallel import (
     RingSelfAttention,
-    demo,
     gather_sequence,
     reference_attention,
     ring_attention,
@@ -44,16 +43,16 @@ def _ring_checks(rank: int, world: int) -> dict[str, float | str]:
         "rsa_causal": _ring_matches_reference(rank, world, 24, True, algorithm="rsa"),
         "rsa_non_causal": _ring_matches_reference(rank, world, 24, False, algorithm="rsa"),
         "module": _module_matches(rank, world),
-        "demo": demo(32, heads=2, head_dim=4)["max_abs_diff"],
         "indivisible": _shard_indivisible(),
         "unequal": _unequal_shards(rank),
     }
 
 
+@pytest.mark.slow
 def test_ring_attention_matches_single_process_on_four_processes():
     for result in spawn(_ring_checks, 4):
         errors = {k: v for k, v in result.items() if isinstance(v, float)}
-        assert len(errors) == 7 and max(errors.values()) < 1e-12, result
+        assert len(errors) == 6 and max(errors.values()) < 1e-12, result
         assert "not divisible by the world size 4" in result["indivisible"]
         assert "same shape" in result["unequal"]
 

@@ -27,13 +27,12 @@ chunk overlaps the computation on the current one.
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["RingSelfAttention", "demo", "gather_sequence", "reference_attention", "ring_attention", "shard_sequence"]
+__all__ = ["RingSelfAttention", "gather_sequence", "reference_attention", "ring_attention", "shard_sequence"]
 
 
 def _group_info(group: dist.ProcessGroup | None) -> tuple[int, int]:
@@ -381,46 +380,3 @@ class RingSelfAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, causal={self.causal}"
-
-
-def demo(seq_len: int, heads: int = 4, head_dim: int = 64, causal: bool = True, seed: int = 0) -> dict[str, float]:
-    """Ring attention forward + backward on a random ``seq_len``-token sequence in the current process group; every
-    rank draws the same sequence and keeps its chunk. Returns this rank's seconds and the largest difference from
-    single-process attention computed on the rank's own chunk of queries (float64, ``seq_len`` up to a few thousand).
-    """
-    g = torch.Generator().manual_seed(seed)
-    q, k, v = torch.randn(3, 1, heads, seq_len, head_dim, generator=g, dtype=torch.float64)
-    local = [shard_sequence(t, dim=2).clone().requires_grad_() for t in (q, k, v)]
-    start = time.perf_counter()
-    out = ring_attention(*local, causal=causal)
-    out.sum().backward()
-    seconds = time.perf_counter() - start
-    ref = shard_sequence(reference_attention(q, k, v, causal), dim=2)
-    return {"seconds": seconds, "max_abs_diff": (out - ref).abs().max().item()}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``torchrun --nproc_per_node=P -m thrifty.distributed.seq_parallel --seq-len N``: run and check ring attention."""
-    import argparse
-
-    from thrifty.distributed.launch import init_from_env
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--seq-len", type=int, default=4096)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--non-causal", action="store_true")
-    args = parser.parse_args(argv)
-    rank, world = init_from_env()
-    try:
-        result = demo(args.seq_len, args.heads, args.head_dim, not args.non_causal)
-        print(
-            f"rank {rank}/{world}: {args.seq_len // world} of {args.seq_len} tokens, {result['seconds']:.2f} s, "
-            f"max |ring - single-process| = {result['max_abs_diff']:.1e}"
-        )
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
