@@ -22,10 +22,9 @@ import torch
 
 from thrifty.bench.claim import HELD, NOT_HELD, Claim, ClaimContext, ClaimOutcome
 from thrifty.bench.claims import register
+from thrifty.bench.claims.distributed.coded_training import CodedTrainingSpec, coded_training
 from thrifty.distributed import spawn
 from thrifty.distributed.sgc import (
-    CodedTrainingSpec,
-    coded_training,
     gilbert_elliott_trace,
     make_coder,
     simulate,

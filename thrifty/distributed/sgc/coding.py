@@ -1,4 +1,4 @@
-"""Sequential gradient coding for straggler mitigation.
+"""Sequential gradient coding: the codes, the schemes' task assignment, wait rules and decoders.
 
 Krishnan, Ebrahimi and Khisti, "Sequential Gradient Coding For Straggler Mitigation" (arXiv 2211.13802); the
 bookkeeping follows the official simulator (``mamaj/Sequential-Gradient-Coding-2``, ``gradient_coding.py``,
@@ -24,45 +24,37 @@ end of round ``t + T``. ``n`` workers; a straggler's work of the round is lost.
 
 Straggler models: GC tolerates at most ``s`` stragglers per round; SR-SGC and M-SGC the ``(B, W, lambda)``-bursty
 model: within any ``W`` consecutive rounds at most ``lambda`` distinct workers straggle, and a worker straggling in
-round ``r`` did not straggle in rounds ``r - W + 1 .. r - B`` (bursts of at most ``B``). Runtime rule of the official
-simulator: the master waits ``(1 + mu)`` times the fastest worker's time; slower workers are stragglers if the
-pattern is tolerated, otherwise the master waits for everybody and the round records no straggler. Deviation: the
+round ``r`` did not straggle in rounds ``r - W + 1 .. r - B`` (bursts of at most ``B``). A round whose stragglers the
+scheme cannot tolerate is one where the master waits for every worker (``Coder.finish_round``). Deviation: the
 official ``GradientCoding`` counts ``stragglers < s`` as decodable; here ``<= s`` (Tandon's guarantee), which only
 favours the GC baseline.
 
-``simulate`` runs a scheme against per-round worker times (large ``n``); ``coded_training`` trains on real gloo
-processes with injected delays, every rank decoding from the responders of each round.
+A coder drives one run: each round ``assignment()`` gives every worker its mini-tasks, ``task_chunks`` says which
+data chunks (``chunk_units``, laid out on a batch by ``chunk_slices``) with which coefficients make each task's
+result, ``finish_round`` records who responded, and ``decode`` rebuilds the due job's gradient sum from the rows
+received. ``thrifty.distributed.sgc.simulation`` runs coders against straggler traces.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = [
+    "Coder",
     "CyclicGradientCoder",
-    "CodedTrainingSpec",
     "SelectiveRepeatCoder",
     "SequentialGradientCoder",
-    "SimulationResult",
     "Task",
-    "coded_training",
-    "conforms",
+    "chunk_slices",
     "cyclic_encoding_matrix",
     "cyclic_support",
     "decoding_vector",
-    "gilbert_elliott_trace",
     "make_coder",
-    "run_coded_training",
-    "simulate",
-    "worker_times",
 ]
 
 
@@ -132,7 +124,7 @@ class Task:
     index: int = 0
 
 
-class _Coder:
+class Coder:
     """Shared bookkeeping: the straggler history, the received rows, the runtime rule."""
 
     n: int
@@ -200,7 +192,7 @@ class _Coder:
         raise NotImplementedError
 
 
-class CyclicGradientCoder(_Coder):
+class CyclicGradientCoder(Coder):
     """Plain gradient coding (Tandon et al.): ``n`` workers, any ``s`` stragglers per round, no delay (``T = 0``)."""
 
     def __init__(self, n: int, s: int, seed: int = 0) -> None:
@@ -305,7 +297,7 @@ def _check_bwl(n: int, b: int, w: int, lambd: int) -> None:
         raise ValueError(f"lambda must satisfy 0 <= lambda <= n = {n}, got {lambd!r}")
 
 
-class SequentialGradientCoder(_Coder):
+class SequentialGradientCoder(Coder):
     """M-SGC, the multiplexed sequential gradient code: ``(B, W, lambda)``-bursty stragglers, delay ``W - 2 + B``.
 
     ``lambda = n`` means every worker may straggle: no D2 part (pure D1 repetition across rounds), as in the official
@@ -412,7 +404,7 @@ class SequentialGradientCoder(_Coder):
         return total
 
 
-def make_coder(scheme: str, n: int, params: tuple[int, ...], seed: int = 0) -> _Coder:
+def make_coder(scheme: str, n: int, params: tuple[int, ...], seed: int = 0) -> Coder:
     """``scheme`` "gc" with ``params = (s,)``, "srsgc" or "msgc" with ``params = (B, W, lambda)``."""
     if scheme == "gc":
         return CyclicGradientCoder(n, *params, seed=seed)
@@ -423,148 +415,9 @@ def make_coder(scheme: str, n: int, params: tuple[int, ...], seed: int = 0) -> _
     raise ValueError(f"scheme must be 'gc', 'srsgc' or 'msgc', got {scheme!r}")
 
 
-# --------------------------------------------------------------------------------------- straggler traces, simulator
-def gilbert_elliott_trace(
-    n: int, rounds: int, p_good_bad: float, p_bad_good: float, generator: torch.Generator | None = None
-) -> np.ndarray:
-    """Bursty stragglers: each worker an independent two-state Markov chain (Gilbert-Elliott), ``True`` = straggling.
-
-    A good worker turns bad with probability ``p_good_bad`` per round and a bad one recovers with ``p_bad_good``
-    (mean burst ``1 / p_bad_good``); chains start in the stationary distribution. Returns ``(rounds, n)`` booleans.
-    """
-    for name, p in (("p_good_bad", p_good_bad), ("p_bad_good", p_bad_good)):
-        if not 0 <= p <= 1:
-            raise ValueError(f"{name} must be a probability, got {p!r}")
-    if p_good_bad + p_bad_good == 0:
-        raise ValueError("p_good_bad and p_bad_good cannot both be 0")
-    u = torch.rand(rounds, n, generator=generator, dtype=torch.float64).numpy()
-    stationary = p_good_bad / (p_good_bad + p_bad_good)
-    trace = np.zeros((rounds, n), dtype=bool)
-    state = u[0] < stationary
-    for r in range(rounds):
-        if r:
-            state = np.where(state, u[r] >= p_bad_good, u[r] < p_good_bad)
-        trace[r] = state
-    return trace
-
-
-def conforms(trace: np.ndarray, b: int, w: int, lambd: int) -> bool:
-    """Whether a ``(rounds, n)`` straggler trace obeys the ``(B, W, lambda)``-bursty model in every window."""
-    trace = np.asarray(trace, dtype=bool)
-    rounds = trace.shape[0]
-    for r in range(rounds):
-        window = trace[max(0, r - w + 1) : r + 1]
-        if window.any(0).sum() > lambd:
-            return False
-        if (trace[max(0, r - w + 1) : max(0, r - b + 1)].any(0) & trace[r]).any():
-            return False
-    return True
-
-
-def worker_times(
-    trace: np.ndarray,
-    load: float,
-    *,
-    unit: float,
-    latency: float,
-    slowdown: float,
-    jitter: float,
-    generator: torch.Generator | None = None,
-) -> np.ndarray:
-    """Per-round worker times for a scheme of normalised ``load``: ``latency + unit n load (1 + U(0, jitter))``,
-    multiplied by ``slowdown`` for a straggling worker; ``unit n load`` is the compute time of ``load`` jobs' data
-    spread over ``n`` workers. The same ``generator`` state gives the same jitter to every scheme."""
-    n = trace.shape[1]
-    u = torch.rand(trace.shape, generator=generator, dtype=torch.float64).numpy()
-    times = latency + unit * n * load * (1 + jitter * u)
-    return np.where(trace, times * slowdown, times)
-
-
-@dataclass
-class SimulationResult:
-    """Total runtime, per-round durations, rounds where the master waited for every worker, jobs decoded."""
-
-    runtime: float
-    durations: list[float] = field(default_factory=list)
-    waited_rounds: int = 0
-    jobs_decoded: int = 0
-    load: float = 0.0
-
-
-def simulate(coder: _Coder, times: np.ndarray, num_jobs: int, mu: float) -> SimulationResult:
-    """Run ``num_jobs`` jobs over ``num_jobs + T`` rounds of worker ``times`` (``(rounds, n)``), official runtime rule.
-
-    Raises ``RuntimeError`` if a job is not decodable on time (which the schemes' guarantees rule out).
-    """
-    rounds = num_jobs + coder.delay
-    if times.shape[0] < rounds or times.shape[1] != coder.n:
-        raise ValueError(f"times must have at least {rounds} rounds and {coder.n} workers, got {times.shape}")
-    coder.reset(num_jobs)
-    result = SimulationResult(runtime=0.0, load=coder.load)
-    for r in range(rounds):
-        t = times[r]
-        wait = t.min() * (1 + mu)
-        responders = coder.finish_round(t > wait)
-        duration = float(wait) if not responders.all() else float(t.max())
-        result.durations.append(duration)
-        result.waited_rounds += int((t > wait).any() and responders.all())
-        job = coder.decodable_job(r)
-        if job is not None:
-            if not coder.is_decodable(job):
-                raise RuntimeError(f"{coder!r}: job {job} not decodable at round {r}")
-            result.jobs_decoded += 1
-    result.runtime = sum(result.durations)
-    return result
-
-
-# ------------------------------------------------------------------------------ real processes with injected delays
-@dataclass
-class CodedTrainingSpec:
-    """A coded data-parallel training run on digits: ``num_models`` softmax-regression models trained round-robin
-    (job ``t`` is a step of model ``t mod num_models``, so ``num_models > T`` keeps each model's jobs sequential).
-
-    ``delays``: each worker's round time in seconds (injected), ``(num_jobs + T, n)``; ``mu``: the wait rule's slack;
-    ``strict``: refuse (``ValueError`` before any process starts) delays whose stragglers the scheme cannot tolerate.
-    """
-
-    scheme: str
-    params: tuple[int, ...]
-    num_jobs: int
-    delays: np.ndarray
-    batch_size: int = 120
-    num_models: int = 1
-    lr: float = 0.5
-    mu: float = 0.5
-    seed: int = 0
-    strict: bool = False
-
-
-def _planned_stragglers(spec: CodedTrainingSpec, coder: _Coder) -> None:
-    coder.reset(spec.num_jobs)
-    for t in spec.delays:
-        stragglers = t > t.min() * (1 + spec.mu)
-        if spec.strict:
-            coder.check_pattern(stragglers)
-        coder.finish_round(stragglers)
-
-
-def _validate(spec: CodedTrainingSpec, world_size: int) -> _Coder:
-    coder = make_coder(spec.scheme, world_size, spec.params, spec.seed)
-    rounds = spec.num_jobs + coder.delay
-    if spec.delays.shape != (rounds, world_size):
-        raise ValueError(
-            f"delays must have shape (num_jobs + T, n) = ({rounds}, {world_size}), got {spec.delays.shape}"
-        )
-    if spec.num_models <= coder.delay:
-        raise ValueError(f"num_models must exceed the delay T = {coder.delay} so each model's jobs stay sequential")
-    if spec.batch_size < sum(u for _, u in coder.chunk_units()):
-        raise ValueError(f"batch_size must be at least {sum(u for _, u in coder.chunk_units())} for {coder!r}")
-    _planned_stragglers(spec, coder)
-    coder.reset(spec.num_jobs)
-    return coder
-
-
-def _chunk_slices(coder: _Coder, batch: int) -> dict[tuple, slice]:
+def chunk_slices(coder: Coder, batch: int) -> dict[tuple, slice]:
+    """Lay the coder's data chunks (``chunk_units``) out on a batch of ``batch`` samples, in proportion to their
+    units: the samples whose gradients make each chunk of one job."""
     units = coder.chunk_units()
     total = sum(u for _, u in units)
     out, acc = {}, 0
@@ -573,90 +426,3 @@ def _chunk_slices(coder: _Coder, batch: int) -> dict[tuple, slice]:
         acc += u
         out[key] = slice(start, round(acc * batch / total))
     return out
-
-
-def _job_batch(spec: CodedTrainingSpec, job: int, size: int) -> Tensor:
-    gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + job)
-    return torch.randperm(size, generator=gen)[: spec.batch_size]
-
-
-def coded_training(rank: int, world_size: int, spec: CodedTrainingSpec) -> dict:
-    """One rank of a coded training run (call after the process group is up: ``spawn`` or ``torchrun``).
-
-    Every round each rank computes its mini-tasks' coded partial gradients (real backward passes) and reports its
-    finish time by all_gather: the injected delay is the worker's round time, the real computation runs inside it
-    (finish = max(delay, compute seconds)). All ranks apply the wait rule to the same numbers: stragglers
-    stop waiting at the round's deadline (sleep cut short), the results are all_gathered with the straggler rows
-    masked, rank 0 (the master) decodes the due job from the responders and broadcasts the update, and every rank
-    steps that model. Returns the final models' parameters, per-round wall-clock seconds and the number of samples
-    each worker processed.
-    """
-    from thrifty.data.digits import load_digits_split
-
-    coder = _validate(spec, world_size)
-    coder.reset(spec.num_jobs)
-    x, y, _, _ = load_digits_split()
-    models = [nn.Linear(x.shape[1], 10) for _ in range(spec.num_models)]
-    for m in models:
-        nn.init.zeros_(m.weight)
-        nn.init.zeros_(m.bias)
-    numel = sum(p.numel() for p in models[0].parameters())
-    slices = _chunk_slices(coder, spec.batch_size)
-    results: dict[tuple[int, Task], Tensor] = {}
-    round_seconds, samples = [], 0
-    for r in range(spec.num_jobs + coder.delay):
-        t0 = time.perf_counter()
-        plan = coder.assignment()
-        mine = torch.zeros(coder.slots, numel)
-        for k, task in enumerate(plan[rank]):
-            model = models[task.job % spec.num_models]
-            idx = _job_batch(spec, task.job, len(x))
-            weights = torch.zeros(spec.batch_size)
-            for chunk, coefficient in coder.task_chunks(rank, task):
-                weights[slices[chunk]] = coefficient
-            used = weights != 0
-            samples += int(used.sum())
-            model.zero_grad()
-            loss = (F.cross_entropy(model(x[idx][used]), y[idx][used], reduction="none") * weights[used]).sum()
-            loss.backward()
-            mine[k] = torch.cat([p.grad.flatten() for p in model.parameters()])
-        finish = torch.tensor([max(time.perf_counter() - t0, float(spec.delays[r, rank]))], dtype=torch.float64)
-        gathered = [torch.empty_like(finish) for _ in range(world_size)]
-        dist.all_gather(gathered, finish)
-        finishes = torch.cat(gathered).numpy()
-        deadline = finishes.min() * (1 + spec.mu)
-        responders = coder.finish_round(finishes > deadline)
-        stop = deadline if not responders.all() else finishes.max()
-        time.sleep(max(0.0, min(float(finish), float(stop)) - (time.perf_counter() - t0)))
-        if not responders[rank]:
-            mine.zero_()  # a straggler's work is lost
-        rows = [torch.empty_like(mine) for _ in range(world_size)]
-        dist.all_gather(rows, mine)
-        for i in np.flatnonzero(responders):
-            for k, task in enumerate(plan[i]):
-                results[(int(i), task)] = rows[i][k]
-        job = coder.decodable_job(r)
-        if job is not None:
-            grad = coder.decode(job, results) / spec.batch_size
-            # rank 0 plays the master: LAPACK's least-squares decoding vector may differ in the last bits between
-            # processes (alignment-dependent kernels), so every rank applies rank 0's decoded update
-            dist.broadcast(grad, src=0)
-            model = models[job % spec.num_models]
-            with torch.no_grad():
-                offset = 0
-                for p in model.parameters():
-                    p.sub_(spec.lr * grad[offset : offset + p.numel()].view_as(p))
-                    offset += p.numel()
-            results = {key: v for key, v in results.items() if key[1].job != job}
-        round_seconds.append(time.perf_counter() - t0)
-    params = [torch.cat([p.detach().flatten() for p in m.parameters()]).tolist() for m in models]
-    return {"params": params, "round_seconds": round_seconds, "samples": samples, "load": coder.load}
-
-
-def run_coded_training(spec: CodedTrainingSpec, n: int, timeout_s: float = 600.0) -> list[dict]:
-    """Validate ``spec`` for ``n`` workers (errors raised here, before any process starts) and run it on ``n``
-    local gloo processes; returns each rank's :func:`coded_training` result."""
-    from thrifty.distributed.launch import spawn
-
-    _validate(spec, n)
-    return spawn(coded_training, n, spec, timeout_s=timeout_s)
