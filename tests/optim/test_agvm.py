@@ -166,13 +166,12 @@ def test_resume_from_state_dict_is_bit_identical() -> None:
     model, agvm = _setup(update_interval=2)
     _train(model, agvm, 5, head_weight=10.0)
     buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optim": agvm.optimizer.state_dict(), "agvm": agvm.state_dict()}, buffer)
+    torch.save({"model": model.state_dict(), "agvm": agvm.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer)
     model, agvm = _setup(update_interval=2)
     model.load_state_dict(saved["model"])
-    agvm.optimizer.load_state_dict(saved["optim"])
-    agvm.load_state_dict(saved["agvm"])
+    agvm.load_state_dict(saved["agvm"])  # the inner optimizer's state and AGVM's own
     _train(model, agvm, 7, start=5, head_weight=10.0)
     for a, b in zip(full, model.parameters(), strict=True):
         assert torch.equal(a, b.detach())
@@ -203,6 +202,17 @@ def test_invalid_hyperparameters_raise(kwargs: dict, message: str) -> None:
 
 def test_load_state_dict_checks_the_number_of_groups() -> None:
     _, agvm = _setup()
-    state = agvm.state_dict() | {"multipliers": [1.0]}
+    state = agvm.state_dict()
+    state["agvm"]["multipliers"] = [1.0]
     with pytest.raises(ValueError, match="1 multipliers for 2 param groups"):
         agvm.load_state_dict(state)
+
+
+def test_is_an_optimizer_that_lr_schedulers_drive() -> None:
+    model, agvm = _setup(update_interval=2)
+    assert isinstance(agvm, torch.optim.Optimizer)
+    sched = torch.optim.lr_scheduler.StepLR(agvm, step_size=1, gamma=0.5)
+    before = [g["lr"] for g in agvm.optimizer.param_groups]
+    _train(model, agvm, 1, head_weight=10.0)
+    sched.step()
+    assert [g["lr"] for g in agvm.optimizer.param_groups] == [lr / 2 for lr in before]

@@ -82,6 +82,10 @@ def test_lanczos_lr_sets_polyak_heavy_ball_rates_on_a_quadratic():
     assert opt.param_groups[0]["lr"] == pytest.approx(4 / (4 + 1) ** 2)
     assert opt.param_groups[0]["momentum"] == pytest.approx(((4 - 1) / (4 + 1)) ** 2)
     assert x.abs().max() < 1e-4  # the optimal heavy ball contracts at about sqrt(momentum) = 0.6 per step
+    assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+    assert sched.get_last_lr() == [opt.param_groups[0]["lr"]] and sched.last_epoch == 30
+    with pytest.raises(TypeError, match="closure"):
+        sched.step()
 
 
 def test_lanczos_lr_rules_and_bad_input():

@@ -71,8 +71,12 @@ def module_param_groups(model: nn.Module, names: Sequence[str], **options: Any) 
     return groups
 
 
-class AGVM:
+class AGVM(torch.optim.Optimizer):
     """Adaptive Gradient Variance Modulator around ``optimizer``; defaults are the official hook's.
+
+    A ``torch.optim.Optimizer`` that wraps another (as timm's ``Lookahead`` does): it shares the inner
+    optimizer's param groups and state, so LR schedulers, ``clip_grad_norm_`` loops and checkpoints take it where
+    they take the optimizer it wraps; ``state_dict()`` holds the inner optimizer's state and AGVM's own.
 
     Args:
         optimizer: any ``torch.optim.Optimizer``; its param group 0 is the reference module.
@@ -107,15 +111,14 @@ class AGVM:
         self.stop_iter = stop_iter if stop_iter > start_iter else math.inf
         self.momentum = momentum
         self.adam = all("betas" in g for g in optimizer.param_groups) if adam is None else adam
+        super().__init__(optimizer.param_groups, optimizer.defaults)
+        self.param_groups = optimizer.param_groups  # the same dicts: a scheduler's lr change reaches the inner one
+        self.state = optimizer.state
         n = len(optimizer.param_groups)
         self.multipliers = [1.0] * n
         self.variances = [math.nan] * n
         self.ratios = [math.nan] * n
         self.iteration = 0
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -201,20 +204,27 @@ class AGVM:
             self.iteration += 1
 
     def state_dict(self) -> dict[str, Any]:
-        """AGVM's own state (the inner optimizer saves its own, as an LR scheduler's would)."""
+        """The inner optimizer's state dict and AGVM's own state (iteration, multipliers, last D_k and r_k)."""
         return {
-            "iteration": self.iteration,
-            "multipliers": list(self.multipliers),
-            "variances": list(self.variances),
-            "ratios": list(self.ratios),
+            "optimizer": self.optimizer.state_dict(),
+            "agvm": {
+                "iteration": self.iteration,
+                "multipliers": list(self.multipliers),
+                "variances": list(self.variances),
+                "ratios": list(self.ratios),
+            },
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if len(state_dict["multipliers"]) != len(self.param_groups):
+        own = state_dict["agvm"]
+        if len(own["multipliers"]) != len(self.param_groups):
             raise ValueError(
-                f"state has {len(state_dict['multipliers'])} multipliers for {len(self.param_groups)} param groups"
+                f"state has {len(own['multipliers'])} multipliers for {len(self.param_groups)} param groups"
             )
-        self.iteration = int(state_dict["iteration"])
-        self.multipliers = [float(v) for v in state_dict["multipliers"]]
-        self.variances = [float(v) for v in state_dict["variances"]]
-        self.ratios = [float(v) for v in state_dict["ratios"]]
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        self.param_groups = self.optimizer.param_groups
+        self.state = self.optimizer.state
+        self.iteration = int(own["iteration"])
+        self.multipliers = [float(v) for v in own["multipliers"]]
+        self.variances = [float(v) for v in own["variances"]]
+        self.ratios = [float(v) for v in own["ratios"]]

@@ -101,6 +101,12 @@ class BSVRB:
     (default ``lr_y``) the Hessian-inverse-vector trackers ``u_i``. ``beta`` is the MSVR weight of the new estimate
     for the block trackers, ``beta_x`` STORM's for the upper estimator; ``gamma`` defaults to :func:`msvr_gamma`.
     ``blocks_per_step`` is ``I``. ``u_bound`` projects each ``u_i`` onto the ball of that radius.
+
+    Why not a ``torch.optim.Optimizer``: one BSVRB step needs, per sampled block, fresh mini-batches of two
+    objectives and their gradients, a Hessian-vector product and a cross derivative at the current *and* the
+    previous iterate (the variance-reduction terms), and it moves the lower variables as well as ``x``. A
+    ``step(closure)`` that returns one loss cannot provide that, so the seam is ``step(batch_for)``: the caller
+    says how to draw block ``i``'s batches, and the objectives ``f[i]``, ``g[i]`` are plain functions.
     """
 
     def __init__(

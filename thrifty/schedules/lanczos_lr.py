@@ -105,8 +105,11 @@ def hessian_eigenvalues(
     return lanczos(hvp_operator(loss, params), v0, iters)
 
 
-class LanczosLR:
+class LanczosLR(torch.optim.lr_scheduler.LRScheduler):
     """Set the optimizer's learning rate (and heavy-ball momentum) from Lanczos estimates every ``every`` steps.
+
+    A ``torch.optim.lr_scheduler.LRScheduler`` (``get_last_lr()``, ``state_dict()``), whose ``step`` takes the
+    closure that its Hessian-vector products need, the way ``Optimizer.step(closure)`` does for LBFGS.
 
     Call ``sched.step(closure)`` once per training step, before ``optimizer.step()``; ``closure()``
     returns the loss of the current batch as a differentiable tensor (it is only evaluated on the
@@ -143,12 +146,12 @@ class LanczosLR:
             raise ValueError(f"scale must be in (0, 1], got {scale}")
         if momentum and any("momentum" not in g for g in optimizer.param_groups):
             raise ValueError("momentum=True needs an optimizer with a 'momentum' hyperparameter (e.g. SGD)")
-        self.optimizer = optimizer
         self.every, self.iters, self.momentum = every, iters, momentum
         self.max_condition, self.scale = max_condition, scale
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
         self.history: list[dict[str, float]] = []
+        super().__init__(optimizer)
 
     def rates(self, lambda_max: float, lambda_min: float) -> tuple[float, float]:
         """``(lr, momentum)`` for the given extreme eigenvalues (``lambda_max > 0``), momentum 0 without it."""
@@ -159,8 +162,21 @@ class LanczosLR:
         lr = 4.0 / (math.sqrt(lambda_max) + math.sqrt(low)) ** 2
         return self.scale * lr, ((root_kappa - 1) / (root_kappa + 1)) ** 2
 
-    def step(self, closure: Callable[[], Tensor]) -> None:
-        """Count a training step; on every ``every``-th (the first included) re-estimate and set the rates."""
+    def get_lr(self) -> list[float]:
+        """The rates now in the param groups (LanczosLR writes them in ``step``)."""
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> None:  # type: ignore[override]
+        """Count a training step; on every ``every``-th (the first included) re-estimate and set the rates.
+
+        ``LRScheduler.__init__`` calls ``step()`` once without a closure; that call only records the rates.
+        """
+        if closure is None:
+            if getattr(self, "_step_count", 0) > 0:
+                raise TypeError("LanczosLR.step needs closure(): the current batch's loss, for Hessian-vector products")
+            self._step_count = 1
+            self._last_lr = self.get_lr()
+            return
         if self.steps % self.every == 0:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
             ritz = hessian_eigenvalues(closure(), params, self.iters, self.generator)
@@ -175,11 +191,20 @@ class LanczosLR:
                     {"step": self.steps, "lambda_max": lambda_max, "lambda_min": lambda_min, "lr": lr, "momentum": beta}
                 )
         self.steps += 1
+        self.last_epoch = self.steps
+        self._step_count += 1
+        self._last_lr = self.get_lr()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "history": list(self.history), "generator": self.generator.get_state()}
+        return {
+            "steps": self.steps,
+            "history": list(self.history),
+            "generator": self.generator.get_state(),
+            "last_lr": list(self._last_lr),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = state["steps"]
+        self.steps = self.last_epoch = state["steps"]
         self.history = list(state["history"])
         self.generator.set_state(state["generator"])
+        self._last_lr = list(state.get("last_lr", self.get_lr()))
