@@ -22,8 +22,10 @@ from thrifty import _native
 __all__ = [
     "CompiledUpdate",
     "ThriftyOptimizer",
+    "adam_moments_",
     "check_betas",
     "check_range",
+    "foreach_adam_moments_",
     "state_bytes",
 ]
 
@@ -222,6 +224,43 @@ def hyperparameters(values: Iterable[float], param: Tensor) -> Tensor:
     """
     dtype = torch.float64 if param.dtype == torch.float64 else torch.float32
     return torch.tensor(list(values), dtype=dtype, device=param.device)
+
+
+def adam_moments_(
+    exp_avg: Tensor, exp_avg_sq: Tensor, grad: Tensor, beta1: float, beta2: float, *, lerp: bool = True
+) -> None:
+    """Advance Adam's moments in place: ``m <- beta1 m + (1 - beta1) g``, ``v <- beta2 v + (1 - beta2) g^2``.
+
+    The one home of the moment update that Adam-type optimizers share (torch.optim's ``_single_tensor_adam``,
+    optax's ``scale_by_adam``). ``lerp=True`` writes the first moment as torch's AdamW does (``m.lerp_(g, 1 -
+    beta1)``); ``lerp=False`` as ``m.mul_(beta1).add_(g, alpha=1 - beta1)``, the official diffGrad and SOAP code's
+    form. The math is the same; the last bit of rounding differs, and each optimizer keeps the form of the code
+    it is pinned to bit for bit.
+    """
+    if lerp:
+        exp_avg.lerp_(grad, 1 - beta1)
+    else:
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+
+def foreach_adam_moments_(
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    grads: list[Tensor],
+    beta1: float,
+    beta2: float,
+    *,
+    lerp: bool = True,
+) -> None:
+    """``adam_moments_`` over lists of tensors with ``torch._foreach_*`` kernels (the same rounding per element)."""
+    if lerp:
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    else:
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
 
 
 def check_fused(foreach: bool | None, fused: bool | None) -> None:

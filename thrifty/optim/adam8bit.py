@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from thrifty.optim._core import check_betas, check_range
+from thrifty.optim._core import adam_moments_, check_betas, check_range
 from thrifty.optim._lowbit import BlockwiseOptimizer
 
 __all__ = ["Adam8bit", "AdamW8bit"]
@@ -108,8 +108,7 @@ class Adam8bit(BlockwiseOptimizer):
         exp_avg, exp_avg_sq = states
         beta1, beta2 = group["betas"]
         lr, weight_decay = group["lr"], group["weight_decay"]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        adam_moments_(exp_avg, exp_avg_sq, grad, beta1, beta2)
         step_size = lr / (1 - beta1**step)
         denom = exp_avg_sq.sqrt().div_((1 - beta2**step) ** 0.5).add_(group["eps"])
         if weight_decay != 0:

@@ -42,9 +42,11 @@ from thrifty import _native
 from thrifty.optim._core import (
     CompiledUpdate,
     ThriftyOptimizer,
+    adam_moments_,
     check_betas,
     check_fused,
     check_range,
+    foreach_adam_moments_,
     hyperparameters,
 )
 
@@ -147,8 +149,7 @@ class DiffGrad(ThriftyOptimizer):
             if weight_decay != 0:
                 grad = grad.add(p, alpha=weight_decay)
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            adam_moments_(exp_avg, exp_avg_sq, grad, beta1, beta2, lerp=False)
             denom = exp_avg_sq.sqrt().add_(eps)
             xi = friction(state["previous_grad"], grad)
             state["previous_grad"].copy_(grad)
@@ -170,10 +171,7 @@ class DiffGrad(ThriftyOptimizer):
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         previous_grads = [s["previous_grad"] for s in states]
 
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        foreach_adam_moments_(exp_avgs, exp_avg_sqs, grads, beta1, beta2, lerp=False)
         denoms = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denoms, eps)
 

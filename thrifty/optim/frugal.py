@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from thrifty.optim._core import ThriftyOptimizer, check_betas, check_range
+from thrifty.optim._core import ThriftyOptimizer, adam_moments_, check_betas, check_range
 
 __all__ = ["FRUGAL", "frugal_param_groups", "project_down", "project_up"]
 
@@ -296,8 +296,7 @@ def _adam_terms(state: dict[str, Any], grad: Tensor, group: dict[str, Any], lr: 
     state["step"] += 1
     step = state["step"]
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    exp_avg.lerp_(grad, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    adam_moments_(exp_avg, exp_avg_sq, grad, beta1, beta2)
     denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(group["eps"])
     return exp_avg, denom, lr / (1 - beta1**step)
 

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from thrifty.optim._core import ThriftyOptimizer, check_betas, check_range
+from thrifty.optim._core import ThriftyOptimizer, adam_moments_, check_betas, check_range, foreach_adam_moments_
 
 __all__ = ["SOAP"]
 
@@ -264,8 +264,7 @@ class SOAP(ThriftyOptimizer):
         grad_projected = _rotate(p.grad, state["Q"], group, back=False)
         state["step"] += 1
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.mul_(beta1).add_(grad_projected, alpha=1.0 - beta1)
-        exp_avg_sq.mul_(beta2).add_(grad_projected.square(), alpha=1.0 - beta2)
+        adam_moments_(exp_avg, exp_avg_sq, grad_projected, beta1, beta2, lerp=False)
         denom = exp_avg_sq.sqrt().add_(group["eps"])
         update = _rotate(exp_avg / denom, state["Q"], group, back=True)
         if group["normalize_grads"]:
@@ -283,13 +282,8 @@ class SOAP(ThriftyOptimizer):
             s["step"] += 1
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, projected, alpha=1.0 - beta1)
-        squares = torch._foreach_mul(projected, projected)
+        foreach_adam_moments_(exp_avgs, exp_avg_sqs, projected, beta1, beta2, lerp=False)
         del projected
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_add_(exp_avg_sqs, squares, alpha=1.0 - beta2)
-        del squares
         denoms = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denoms, group["eps"])
         ratios = torch._foreach_div(exp_avgs, denoms)
