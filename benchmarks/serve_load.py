@@ -127,7 +127,8 @@ def start_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Po
 
     model = args.model
     if model is None and not (DEFAULT_MODEL_DIR / "config.json").is_file():
-        from thrifty.bench.claims.serve_measured import byte_tokenizer, random_llama, save_checkpoint
+        from thrifty.serve.model.loader import save_pretrained
+        from thrifty.serve.model.testing import byte_tokenizer, random_llama
 
         tok = byte_tokenizer()
         net = random_llama(
@@ -139,7 +140,7 @@ def start_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Po
             num_attention_heads=4,
             num_key_value_heads=2,
         )
-        model = str(save_checkpoint(net, tok, workdir / "random-byte-llama"))
+        model = str(save_pretrained(net, tok, workdir / "random-byte-llama"))
         size = sum(p.numel() for p in net.parameters()) / 1e6
         print(f"the embedded model is not installed: serving a random {size:.1f}M-parameter Llama (byte tokenizer)")
     import socket

@@ -118,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     import transformers
 
-    from thrifty.bench.claims.serve_measured import random_llama, save_checkpoint
-    from thrifty.serve.model.loader import load_llama
+    from thrifty.serve.model.loader import load_llama, save_pretrained
+    from thrifty.serve.model.testing import random_llama
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.model or save_checkpoint(random_llama(seed=args.seed), None, Path(tmp) / "ckpt")
+        path = args.model or save_pretrained(random_llama(seed=args.seed), None, Path(tmp) / "ckpt")
         ours = load_llama(path)
         hf = transformers.LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
     g = torch.Generator().manual_seed(args.seed)

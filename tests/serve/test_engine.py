@@ -9,17 +9,16 @@ import random
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from thrifty.serve import SCHEDULERS, SchedulerConfig
 from thrifty.serve.engine import LLM, AsyncLLMEngine, LLMEngine
 from thrifty.serve.model.llama import LlamaConfig, LlamaForCausalLM
-from thrifty.serve.model.loader import TextTokenizer
+from thrifty.serve.model.loader import TextTokenizer, save_pretrained
+from thrifty.serve.model.testing import byte_tokenizer
 from thrifty.serve.sampling import SamplingParams
 
 VOCAB = 67
 BS = 4
-WHOLE_PROMPT_POLICIES = ("prefill_first", "orca")  # they prefill a whole sequence in one step
 
 
 def tiny_model(vocab=VOCAB, eos=None, context=96, dtype=torch.float64) -> LlamaForCausalLM:
@@ -83,7 +82,7 @@ def test_greedy_outputs_identical_whatever_policy_budget_prefix_caching_and_pree
     saw_preemption = saw_hits = False
     combos = [(5, True, 11), (32, False, 80), (7, False, 11)]  # forced preemption with and without prefix sharing
     for name, (budget, caching, num_blocks) in itertools.product(SCHEDULERS, combos):
-        if name in WHOLE_PROMPT_POLICIES:
+        if SCHEDULERS[name].prefills_whole_prompts:
             budget = 40
         config = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=min(budget, 6))
         engine = LLMEngine(
@@ -110,17 +109,6 @@ def test_seeded_sampling_is_reproducible_across_batching(model):
     engine = LLMEngine(model, None, num_blocks=80, block_size=BS)
     other = run_engine(engine, prompts, SamplingParams(max_tokens=8, temperature=0.9, seed=12))
     assert [o.token_ids for o in other] != runs[0]
-
-
-def byte_tokenizer() -> TextTokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(["def f(x):\n    return x + 1\n" * 20, "import os\nprint(os.getcwd())\n" * 20], trainer)
-    return TextTokenizer(tok, eos_token_ids=[0])
 
 
 @pytest.fixture(scope="module")
@@ -201,12 +189,8 @@ def test_bad_requests_raise_clear_errors(model, text_engine_parts):
 
 
 def test_llm_generate_from_a_checkpoint_directory(tmp_path, text_engine_parts):
-    from safetensors.torch import save_file
-
     model, tok = text_engine_parts
-    (tmp_path / "config.json").write_text(__import__("json").dumps(model.config.to_dict()))
-    save_file({k: v.float() for k, v in model.hf_state_dict().items()}, str(tmp_path / "model.safetensors"))
-    tok.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    save_pretrained(model, tok, tmp_path, dtype=torch.float32)
     llm = LLM(tmp_path, num_blocks=64, block_size=BS)
     prompts = ["import os\n", "def f(x):", "print("]
     outs = llm.generate(prompts, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True), progress=False)

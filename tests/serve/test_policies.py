@@ -3,7 +3,7 @@
 import pytest
 from fake_executor import run
 
-from thrifty.serve import BlockManager, Request, RequestStatus, SchedulerConfig, create_scheduler
+from thrifty.serve import SCHEDULERS, BlockManager, Request, RequestStatus, SchedulerConfig, create_scheduler
 from thrifty.serve.sched.sarathi_serve import dynamic_chunk_sizes
 
 
@@ -34,6 +34,17 @@ def test_prefill_first_stalls_running_decodes():
     s.add_request(Request("b", _prompt(9, 100), 3))
     assert _shape(_step(s)[0]) == [("b", 9)]  # a prefill-only batch: "a" stalls
     assert _shape(_step(s)[0]) == [("a", 1), ("b", 1)]
+
+
+@pytest.mark.parametrize("policy", sorted(SCHEDULERS))
+def test_prefills_whole_prompts_says_which_policies_need_the_longest_prompt_in_one_step(policy):
+    whole = SCHEDULERS[policy].prefills_whole_prompts
+    assert whole == (policy in ("prefill_first", "orca"))
+    s = _sched(policy, max_num_batched_tokens=64 if whole else 16, max_num_seqs=4)
+    req = Request("a", _prompt(40), 3)
+    s.add_request(req)
+    assert (s.max_prefill_tokens(req) is not None) == whole
+    assert s.schedule().chunks[0].num_tokens == (40 if whole else 16)
 
 
 def test_prefill_first_batches_whole_prompts_up_to_the_budget():

@@ -13,13 +13,14 @@ import httpx
 import openai
 import pytest
 import torch
-from safetensors.torch import save_file
-from test_engine import byte_tokenizer, tiny_model
+from test_engine import tiny_model
 
 from thrifty.cli import main
 from thrifty.serve import SchedulerConfig
 from thrifty.serve.engine import AsyncLLMEngine, LLMEngine
-from thrifty.serve.server import serve_in_thread
+from thrifty.serve.model.loader import save_pretrained
+from thrifty.serve.model.testing import byte_tokenizer
+from thrifty.serve.server import build_app, serve_in_thread
 
 CONTEXT = 256
 NAME = "tiny-test"
@@ -225,6 +226,7 @@ def test_metrics_are_prometheus_text_with_the_serving_figures(served, client):
     assert after["thrifty_prefix_cache_queries_total"] > before["thrifty_prefix_cache_queries_total"]
     for name in ("thrifty_num_requests_waiting", "thrifty_num_requests_running", "thrifty_kv_cache_usage_ratio"):
         assert after[name] >= 0
+    assert after["thrifty_kv_cache_blocks_total"] == 96
     buckets = [v for k, v in after.items() if k.startswith("thrifty_time_to_first_token_seconds_bucket")]
     assert buckets == sorted(buckets) and buckets[-1] == after["thrifty_time_to_first_token_seconds_count"]
     errors = 'thrifty_request_errors_total{status="400"}'
@@ -233,28 +235,13 @@ def test_metrics_are_prometheus_text_with_the_serving_figures(served, client):
 
 
 def test_thrifty_serve_builds_its_engine_from_a_local_checkpoint(tmp_path):
-    from thrifty.serve.cli import build_serve_engine
+    from thrifty.serve.builder import build_engine, served_model_name
 
     tok = byte_tokenizer()
     model = tiny_model(tok.vocab_size, eos=0, context=CONTEXT, dtype=torch.float32)
-    save_file({k: v.contiguous() for k, v in model.hf_state_dict().items()}, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
-    tok.tokenizer.save(str(tmp_path / "tokenizer.json"))
-    import argparse
-
-    args = argparse.Namespace(
-        model=str(tmp_path),
-        served_model_name=None,
-        scheduler="prefill_first",
-        port=0,
-        budget=32,
-        max_num_seqs=8,
-        num_blocks=40,
-        threads=None,
-        no_prefix_caching=False,
-    )
-    engine, name = build_serve_engine(args)
-    assert name == tmp_path.name and engine.scheduler.name == "prefill_first"
+    save_pretrained(model, tok, tmp_path)
+    engine = build_engine(tmp_path, "prefill_first", budget=32, max_num_seqs=8, num_blocks=40)
+    assert served_model_name(tmp_path) == tmp_path.name and engine.scheduler.name == "prefill_first"
     assert engine.scheduler.config.max_num_batched_tokens == CONTEXT  # whole-prompt policies get the context
     assert engine.scheduler.block_manager.num_blocks == 40
     assert main(["serve", "--model", str(tmp_path / "missing")]) == 2
@@ -272,3 +259,25 @@ def test_disconnect_while_waiting_for_a_non_streaming_answer_aborts(served, slow
         httpx.post(url + "/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.3))
     assert wait_for(lambda: bm.num_used_blocks == baseline and not engine.engine.scheduler.requests)
     assert wait_for(lambda: scrape(url)["thrifty_requests_aborted_total"] == aborted + 1)
+
+
+def test_health_is_503_once_the_engine_loop_failed():
+    from fastapi.testclient import TestClient
+
+    tok = byte_tokenizer()
+    llm = LLMEngine(tiny_model(tok.vocab_size, eos=0, context=CONTEXT, dtype=torch.float32), tok, num_blocks=16)
+
+    def broken_step():
+        raise RuntimeError("the model failed")
+
+    llm.step = broken_step
+    engine = AsyncLLMEngine(llm)
+    try:
+        client = TestClient(build_app(engine, NAME))
+        assert client.get("/health").status_code == 200 and engine.error is None
+        llm.add_request([1, 2, 3])
+        assert wait_for(lambda: engine.error is not None)
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json() == {"status": "error"}
+    finally:
+        engine.shutdown()

@@ -126,8 +126,7 @@ class LLMEngine:
         else:
             c = self.config
             if num_blocks is None:
-                block_bytes = 2 * c.num_hidden_layers * block_size * c.num_key_value_heads * c.head_dim
-                block_bytes *= model.dtype.itemsize
+                block_bytes = block_size * c.kv_bytes_per_token(model.dtype)
                 num_blocks = max(kv_cache_bytes // block_bytes, -(-c.max_position_embeddings // block_size) + 1)
             bm = BlockManager(num_blocks, block_size, enable_prefix_caching=enable_prefix_caching)
             self.scheduler = create_scheduler(scheduler, bm, scheduler_config)
@@ -330,6 +329,7 @@ class LLMEngine:
             "num_waiting": len(self.scheduler.waiting),
             "num_running": len(self.scheduler.running),
             "kv_usage": bm.usage,
+            "num_kv_blocks": bm.num_blocks,
             "prefix_queries": bm.prefix_queries,
             "prefix_hits": bm.prefix_hits,
             "num_preemptions": self.scheduler.num_preemptions,
@@ -424,6 +424,11 @@ class AsyncLLMEngine:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="thrifty-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that stopped the step loop, or ``None`` while it runs (health checks read it)."""
+        return self._error
 
     async def generate(
         self, prompt: str | Sequence[int], params: SamplingParams | None = None, request_id: str | None = None

@@ -232,7 +232,6 @@ class ServerMetrics:
 
     def render(self, engine: LLMEngine) -> str:
         s = engine.stats()
-        bm = engine.scheduler.block_manager
 
         def one(name: str, kind: str, doc: str, value: float, labels: str = "") -> list[str]:
             return [f"# HELP {name} {doc}", f"# TYPE {name} {kind}", f"{name}{labels} {_fmt(value)}"]
@@ -241,7 +240,7 @@ class ServerMetrics:
             *one("thrifty_num_requests_waiting", "gauge", "Requests waiting to be scheduled.", s["num_waiting"]),
             *one("thrifty_num_requests_running", "gauge", "Requests running (holding KV blocks).", s["num_running"]),
             *one("thrifty_kv_cache_usage_ratio", "gauge", "Fraction of KV blocks in use (0 to 1).", s["kv_usage"]),
-            *one("thrifty_kv_cache_blocks_total", "gauge", "KV blocks in the pool.", bm.num_blocks),
+            *one("thrifty_kv_cache_blocks_total", "gauge", "KV blocks in the pool.", s["num_kv_blocks"]),
             *one(
                 "thrifty_prefix_cache_queries_total",
                 "counter",
@@ -411,7 +410,7 @@ def build_app(engine: AsyncLLMEngine, model_name: str) -> FastAPI:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if engine._error is not None:  # the step loop keeps its failure there
+        if engine.error is not None:
             return JSONResponse({"status": "error"}, status_code=503)
         return JSONResponse({"status": "ok"})
 

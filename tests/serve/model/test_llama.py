@@ -184,3 +184,14 @@ def test_bad_configs_and_inputs_raise_clear_errors():
         AttentionMetadata.build([SeqChunk([1, 2, 3], 3, [0])], BS)
     with pytest.raises(ValueError, match="beyond the cache"):
         AttentionMetadata.build([SeqChunk([1, 2], 0, [4])], BS, num_slots=cache.num_slots)
+
+
+def test_kv_bytes_per_token_is_what_the_paged_cache_holds_and_what_the_simulator_counts():
+    from thrifty.serve.sim.model_specs import ModelSpec
+
+    config = tiny_config()
+    for dtype in (torch.float32, torch.bfloat16):
+        cache = LlamaForCausalLM(config).make_cache(num_blocks=3, block_size=BS, dtype=dtype)
+        assert cache.kv.numel() * cache.kv.element_size() == 3 * BS * config.kv_bytes_per_token(dtype)
+    spec = ModelSpec("tiny", "tiny", 2, 32, 4, 2, 48, 61, 64, dtype_bytes=2)
+    assert spec.kv_bytes_per_token() == config.kv_bytes_per_token(torch.bfloat16) == 2 * 2 * 2 * 8 * 2

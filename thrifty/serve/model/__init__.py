@@ -1,7 +1,15 @@
-"""The PyTorch side of serving: a Llama-style decoder over a paged KV cache and a local checkpoint loader."""
+"""The PyTorch side of serving: a Llama-style decoder over a paged KV cache and a local checkpoint loader and
+writer (``thrifty.serve.model.testing`` has a random Llama and a byte tokenizer for tests and benchmarks)."""
 
 from thrifty.serve.model.llama import LlamaConfig, LlamaForCausalLM
-from thrifty.serve.model.loader import DEFAULT_MODEL_DIR, TextTokenizer, load_llama, load_pretrained, load_tokenizer
+from thrifty.serve.model.loader import (
+    DEFAULT_MODEL_DIR,
+    TextTokenizer,
+    load_llama,
+    load_pretrained,
+    load_tokenizer,
+    save_pretrained,
+)
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -11,4 +19,5 @@ __all__ = [
     "load_llama",
     "load_pretrained",
     "load_tokenizer",
+    "save_pretrained",
 ]

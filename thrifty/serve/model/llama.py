@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from thrifty.serve.kv.layout import kv_bytes_per_token
 from thrifty.serve.kv.paged_cache import AttentionMetadata, PagedKVCache
 
 __all__ = ["LlamaConfig", "LlamaForCausalLM"]
@@ -72,6 +73,10 @@ class LlamaConfig:
         rope_type = (self.rope_scaling or {}).get("rope_type", (self.rope_scaling or {}).get("type", "default"))
         if rope_type not in ("default", "linear", "llama3"):
             raise ValueError(f"rope scaling {rope_type!r} is not supported (default, linear, llama3 are)")
+
+    def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
+        """Bytes of one token's keys and values in every layer, cached in ``dtype``."""
+        return kv_bytes_per_token(self.num_hidden_layers, self.num_key_value_heads, self.head_dim, dtype.itemsize)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 A checkpoint directory holds ``config.json`` (Hugging Face ``LlamaConfig`` fields), the weights as
 ``model.safetensors`` or shards listed in ``model.safetensors.index.json``, and optionally ``tokenizer.json``
 (loaded through ``tokenizers``) and ``generation_config.json`` (extra EOS ids). Weights are cast to ``dtype``.
+``save_pretrained`` writes such a directory.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from thrifty.serve.model.llama import LlamaConfig, LlamaForCausalLM
 
-__all__ = ["DEFAULT_MODEL_DIR", "TextTokenizer", "load_llama", "load_pretrained", "load_tokenizer"]
+__all__ = ["DEFAULT_MODEL_DIR", "TextTokenizer", "load_llama", "load_pretrained", "load_tokenizer", "save_pretrained"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "stdlib-llama"
 
@@ -112,3 +113,21 @@ def load_pretrained(
     d = DEFAULT_MODEL_DIR if path is None else Path(path)
     model = load_llama(d, dtype, device)
     return model, load_tokenizer(d, model.config.eos_token_ids)
+
+
+def save_pretrained(
+    model: LlamaForCausalLM,
+    tokenizer: TextTokenizer | None,
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``model`` (weights in ``dtype``, default the model's own) and ``tokenizer`` (when given) as a Hugging
+    Face Llama directory that ``load_pretrained``, ``thrifty serve --model`` and ``transformers`` load; returns it."""
+    d = Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    tensors = {k: (v if dtype is None else v.to(dtype)).contiguous() for k, v in model.hf_state_dict().items()}
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.tokenizer.save(str(d / "tokenizer.json"))
+    return d

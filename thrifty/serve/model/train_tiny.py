@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from thrifty.data.stdlib_text import decode, load_stdlib_corpus
 from thrifty.serve.model.llama import LlamaConfig, LlamaForCausalLM
+from thrifty.serve.model.loader import TextTokenizer, save_pretrained
 
 EOS = "<|endoftext|>"
 
@@ -86,14 +87,6 @@ def sample(model: LlamaForCausalLM, tok: Tokenizer, prompt: str, n: int, seed: i
         ids.append(int(torch.multinomial(probs, 1, generator=gen)))
     model.train()
     return tok.decode(ids)
-
-
-def save_checkpoint(model: LlamaForCausalLM, tok: Tokenizer, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    tensors = {k: v.to(torch.float16) for k, v in model.hf_state_dict().items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    tok.save(str(out / "tokenizer.json"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             val = evaluate(model, val_ids, args.seq_len, max_windows=64)
             history.append({"step": step + 1, "train_loss": round(loss.item(), 4), "val_loss_subset": round(val, 4)})
             print(f"eval step {step + 1}: held-out subset loss {val:.4f}", flush=True)
-            save_checkpoint(model, tok, args.out)
+            save_pretrained(model, TextTokenizer(tok), args.out, dtype=torch.float16)
 
     final = LlamaForCausalLM(config)
     final.load_hf_state_dict({k: v.float() for k, v in load_file(str(args.out / "model.safetensors")).items()})

@@ -129,6 +129,9 @@ class Scheduler(abc.ABC):
     """
 
     name: str = ""
+    # True for policies that prefill a whole prompt in one step (no chunking): their token budget must hold the
+    # longest sequence, so callers give them the model's context as budget (the engine's CLI, the simulator)
+    prefills_whole_prompts: bool = False
 
     def __init__(self, block_manager: BlockManager, config: SchedulerConfig | None = None) -> None:
         self.block_manager = block_manager

@@ -25,6 +25,7 @@ class OrcaScheduler(Scheduler):
     ``max_num_seqs``."""
 
     name = "orca"
+    prefills_whole_prompts = True
 
     def max_prefill_tokens(self, req: Request) -> int:
         return req.num_prompt_tokens

@@ -19,6 +19,7 @@ class PrefillFirstScheduler(Scheduler):
     """Prefill-prioritising batching of whole prompts. Reads ``max_num_batched_tokens`` and ``max_num_seqs``."""
 
     name = "prefill_first"
+    prefills_whole_prompts = True
 
     def max_prefill_tokens(self, req: Request) -> int:
         # a request preempted after its last-but-one token recomputes prompt and outputs in one prefill

@@ -342,7 +342,7 @@ class CostModel:
         hd, b = m.head_dim, m.dtype_bytes
         self._attn_flops = 4.0 * m.num_heads * hd
         self._q_bytes = 2.0 * m.num_heads * hd * b  # read Q, write O
-        self._kv_bytes = 2.0 * m.num_kv_heads * hd * b  # K and V of one token in one layer
+        self._kv_bytes = m.kv_bytes_per_token() / m.num_layers  # K and V of one token in one layer
 
     @property
     def label(self) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thrifty.serve.kv.layout import kv_bytes_per_token
+
 __all__ = ["MODELS", "ModelSpec", "UnknownModelError", "get_model"]
 
 
@@ -56,8 +58,8 @@ class ModelSpec:
         return self.num_params() * self.dtype_bytes
 
     def kv_bytes_per_token(self) -> int:
-        """Keys and values of one token in all layers: 2 x layers x kv heads x head dim x dtype bytes."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+        """Keys and values of one token in all layers (``thrifty.serve.kv.kv_bytes_per_token``)."""
+        return kv_bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype_bytes)
 
     def attention_context(self, context: int) -> int:
         """Tokens a query attends to at ``context`` (capped by the sliding window)."""

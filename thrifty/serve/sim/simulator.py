@@ -34,14 +34,13 @@ from typing import Any
 import numpy as np
 
 from thrifty.serve.kv.block_manager import BlockManager
-from thrifty.serve.sched import SchedulerConfig, create_scheduler
+from thrifty.serve.sched import SCHEDULERS, SchedulerConfig, create_scheduler
 from thrifty.serve.sequence import Request
 from thrifty.serve.sim.cost_model import CostModel
 from thrifty.serve.sim.workloads import RequestSpec
 
 __all__ = [
     "SLO",
-    "WHOLE_PROMPT_POLICIES",
     "SimResult",
     "Simulator",
     "default_config",
@@ -51,17 +50,16 @@ __all__ = [
 
 _SAMPLED_TOKEN = 0
 
-# Policies that prefill whole prompts in one step: their token budget must hold the longest request.
-WHOLE_PROMPT_POLICIES = ("prefill_first", "orca")
-
 
 def default_config(
     policy: str, token_budget: int = 512, max_num_seqs: int = 128, max_seq_len: int = 8192
 ) -> SchedulerConfig:
     """A policy's configuration for a comparison: chunking policies get ``token_budget`` (Sarathi-Serve's chunk
     size, 512 for strict SLOs); whole-prompt policies get ``max_seq_len`` (vLLM's ``max_num_batched_tokens`` default,
-    the model length), both with ``max_num_seqs`` (128, sarathi-serve's default)."""
-    budget = max(token_budget, max_seq_len) if policy in WHOLE_PROMPT_POLICIES else token_budget
+    the model length; ``Scheduler.prefills_whole_prompts``), both with ``max_num_seqs`` (128, sarathi-serve's
+    default)."""
+    whole = policy in SCHEDULERS and SCHEDULERS[policy].prefills_whole_prompts  # unknown names fail in Simulator
+    budget = max(token_budget, max_seq_len) if whole else token_budget
     return SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=max_num_seqs)
 
 
