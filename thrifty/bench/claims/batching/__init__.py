@@ -1,0 +1,1 @@
+"""Claims of the batch-size papers (``thrifty.batching``)."""

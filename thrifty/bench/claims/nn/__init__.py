@@ -1,0 +1,1 @@
+"""Claims of the layer and block papers (``thrifty.nn``)."""
