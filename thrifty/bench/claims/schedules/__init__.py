@@ -1,0 +1,1 @@
+"""Claims of the learning-rate schedule papers (``thrifty.schedules``)."""
