@@ -7,7 +7,8 @@ import torch
 
 from thrifty.bench.claims import all_claims
 from thrifty.catalog import PAPERS
-from thrifty.cli import claims_markdown, main, markdown_table
+from thrifty.cli import main
+from thrifty.cli.listing import claims_markdown, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ import torch
 from thrifty.bench.claim import ClaimContext, Series
 from thrifty.bench.workloads import Curve, NonFiniteLossError, fit, make_task
 from thrifty.optim import create_optimizer, state_bytes
-from thrifty.schedules import RefinedLR, linear_decay_factor, warmup_cosine_factor
+from thrifty.schedules import make_scheduler
 
 __all__ = [
     "MethodRuns",
@@ -110,33 +110,6 @@ _CACHE: dict[str, RunRecord] = {}
 def clear_cache() -> None:
     """Forget memoised runs (tests use it to measure a claim from scratch)."""
     _CACHE.clear()
-
-
-WARMUP_FRAC = 0.05
-SCHEDULES = ("constant", "linear", "warmup_linear", "warmup_cosine")
-
-
-def _warmup_steps(steps: int) -> int:
-    return max(1, int(round(WARMUP_FRAC * steps)))
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str | tuple[float, ...], steps: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The scheduler of a ``RunSpec.schedule``: a name of ``SCHEDULES`` (the warm-up ones warm up over 5% of
-    the steps) or a tuple of per-step multipliers (a refined schedule, stretched to ``steps``)."""
-    if isinstance(schedule, tuple):
-        return RefinedLR(optimizer, schedule, total_steps=steps)
-    if schedule == "constant":
-        return None
-    warmup = _warmup_steps(steps) if schedule.startswith("warmup_") else 0
-    if schedule in ("linear", "warmup_linear"):
-        factor = linear_decay_factor(steps, warmup)
-    elif schedule == "warmup_cosine":
-        factor = warmup_cosine_factor(steps, warmup)
-    else:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)} or a tuple of multipliers, got {schedule!r}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _train(spec: RunSpec, seed: int, advance) -> RunRecord:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -89,10 +90,26 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if importlib.util.find_spec(package) is None:
             raise ValueError(f"{name} needs {package} installed (pip install {package})")
         return name, {}
-    get_optimizer_class(name)
+    cls = get_optimizer_class(name)
     if variant and variant not in _VARIANTS:
         raise ValueError(f"unknown variant {variant!r} in {spec!r}; valid variants: {', '.join(_VARIANTS)}")
-    return name, dict(_VARIANTS.get(variant, {}))
+    if not variant:
+        return name, {}
+    kwargs = _variant_kwargs(cls, variant)
+    if kwargs is None:
+        paths = ", ".join(v for v in _VARIANTS if _variant_kwargs(cls, v) is not None) or "none"
+        raise ValueError(f"{name} has no {variant!r} path; its variants: {paths}")
+    return name, kwargs
+
+
+def _variant_kwargs(cls: type, variant: str) -> dict[str, Any] | None:
+    """The constructor arguments of ``variant`` that ``cls`` takes (a path switched off that it lacks is dropped), or
+    ``None`` when it lacks the path the variant asks for."""
+    accepted = inspect.signature(cls).parameters
+    wanted = _VARIANTS[variant]
+    if any(value and key not in accepted for key, value in wanted.items()) or not any(k in accepted for k in wanted):
+        return None
+    return {key: value for key, value in wanted.items() if key in accepted}
 
 
 @dataclass

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["RULES", "RefinedLR", "median_smooth", "refine_schedule"]
+__all__ = ["RULES", "RefinedLR", "median_smooth", "refine_rule", "refine_schedule"]
 
 RULES = ("l2", "l1")
 
@@ -59,6 +59,15 @@ def median_smooth(grad_norms: Sequence[float] | np.ndarray | torch.Tensor, tau: 
     padded = np.pad(padded, (half, half), mode="edge")
     windows = np.lib.stride_tricks.sliding_window_view(padded, width)
     return np.median(windows, axis=1)[: g.size]
+
+
+def refine_rule(optimizer: torch.optim.Optimizer) -> str:
+    """The refinement rule the paper prescribes for ``optimizer``: ``"l1"`` for coordinate-wise adaptive methods
+    (Adam-type, anything with ``betas``, and coordinate-wise AdaGrad), ``"l2"`` for SGD-type ones."""
+    from thrifty.optim.adagrad import AdaGrad
+
+    adaptive = "betas" in optimizer.defaults or isinstance(optimizer, (AdaGrad, torch.optim.Adagrad))
+    return "l1" if adaptive else "l2"
 
 
 def refine_schedule(

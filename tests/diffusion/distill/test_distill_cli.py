@@ -6,11 +6,12 @@ import torch
 from rich.console import Console
 
 from thrifty.cli import UsageError, main
+from thrifty.cli.diffusion import register
 from thrifty.diffusion.core.data import eight_gaussians
 from thrifty.diffusion.core.denoiser import ModuleDenoiser
 from thrifty.diffusion.core.schedules import RectifiedFlowSchedule
 from thrifty.diffusion.core.teachers import TimeMLP
-from thrifty.diffusion.distill.cli import METHODS, add_distill_parser, distill, generate
+from thrifty.diffusion.distill import METHODS, distill, generate
 
 
 def _teacher():
@@ -18,9 +19,16 @@ def _teacher():
     return ModuleDenoiser(TimeMLP(2, 16, 2, time_dim=8), "velocity", RectifiedFlowSchedule()).requires_grad_(False)
 
 
+class _Parser(argparse.ArgumentParser):
+    """``thrifty diffusion``'s parser, taking the words after ``diffusion``."""
+
+    def parse_args(self, argv):
+        return super().parse_args(["diffusion", *argv])
+
+
 def _parser():
-    parser = argparse.ArgumentParser()
-    add_distill_parser(parser.add_subparsers(dest="command"))
+    parser = _Parser()
+    register(parser.add_subparsers(dest="command"))
     return parser
 
 
