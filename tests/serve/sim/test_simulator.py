@@ -59,3 +59,14 @@ def test_two_requests_by_hand():
     assert r.request_throughput == pytest.approx(2 / 4.11)
     assert r.total_throughput == pytest.approx((6 + 2 + 3 + 2) / 4.11)
     assert r.summary()["label"] == "synthetic cost model"
+
+
+def test_on_step_sees_every_schedule_with_its_duration():
+    specs = [RequestSpec(tuple(range(100 * i, 100 * i + 40)), 5) for i in range(3)]
+    seen = []
+    result = Simulator(CostModel("llama2-7b", "a100"), "sarathi_serve", SchedulerConfig(16, 4)).run(
+        specs, on_step=lambda out, seconds: seen.append((out.num_prefill_tokens, out.num_decodes, seconds))
+    )
+    assert len(seen) == result.num_steps and sum(s for *_, s in seen) == pytest.approx(result.busy_time)
+    assert sum(d for _, d, _ in seen) == sum(s.max_tokens - 1 for s in specs)  # the first token ends a prefill
+    assert sum(p for p, _, _ in seen) == sum(len(s.prompt_token_ids) for s in specs)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.serve.kv.block_manager import BlockManager
-from thrifty.serve.sched import SCHEDULERS, SchedulerConfig, create_scheduler
+from thrifty.serve.sched import SCHEDULERS, SchedulerConfig, SchedulerOutput, create_scheduler
 from thrifty.serve.sequence import Request
 from thrifty.serve.sim.cost_model import CostModel
 from thrifty.serve.sim.workloads import RequestSpec
@@ -212,8 +212,11 @@ class Simulator:
             policy, BlockManager(self.num_blocks, block_size, enable_prefix_caching, watermark), self.config
         )
 
-    def run(self, specs: Sequence[RequestSpec]) -> SimResult:
-        """Simulate ``specs`` to completion; every request finishes (none is lost)."""
+    def run(
+        self, specs: Sequence[RequestSpec], on_step: Callable[[SchedulerOutput, float], None] | None = None
+    ) -> SimResult:
+        """Simulate ``specs`` to completion; every request finishes (none is lost). ``on_step(schedule, seconds)``,
+        when given, sees each step's schedule and simulated duration before the scheduler applies it."""
         bm = BlockManager(self.num_blocks, self.block_size, self.enable_prefix_caching, self.watermark)
         scheduler = create_scheduler(self.policy, bm, self.config)
         order = sorted(range(len(specs)), key=lambda i: specs[i].arrival_time)
@@ -256,6 +259,8 @@ class Simulator:
             busy += dt
             steps += 1
             batch_tokens.append(tokens)
+            if on_step is not None:
+                on_step(out, dt)
             finished += len(scheduler.update(out, sampled, now=now))
         if finished != len(requests):
             raise RuntimeError(f"{len(requests) - finished} of {len(requests)} requests did not finish")
