@@ -5,11 +5,10 @@ import math
 import pytest
 
 from thrifty.bench.claim import VERDICTS
-from thrifty.bench.compare import combine
 from thrifty.bench.claims import UnknownClaimError, all_claims, default_claims, get_claim
+from thrifty.bench.compare import combine
 from thrifty.bench.runner import run_claims
 from thrifty.catalog import PAPERS
-from thrifty.serve.sim.cost_model import DEFAULT_DATA_DIR
 
 
 def test_every_implemented_paper_has_a_claim_and_every_claim_a_paper():
@@ -35,20 +34,7 @@ def test_default_suite_and_lookup():
         get_claim("nope")
 
 
-# claims that read the request traces of ../shared/data (absent from some checkouts)
-NEEDS_TRACES = {"sarathi_serve", "sarathi_serve_cpu"}
-HAVE_TRACES = (DEFAULT_DATA_DIR / "llm-traces").is_dir()
-
-
-@pytest.mark.parametrize(
-    "key",
-    [
-        pytest.param(k, marks=pytest.mark.skipif(not HAVE_TRACES, reason="../shared/data/llm-traces is absent"))
-        if k in NEEDS_TRACES
-        else k
-        for k in sorted(all_claims())
-    ],
-)
+@pytest.mark.parametrize("key", sorted(all_claims()))
 @pytest.mark.slow
 def test_claim_runs_at_smoke_scale(key):
     run = run_claims([get_claim(key)], scale="smoke", seeds=2)

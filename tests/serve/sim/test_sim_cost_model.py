@@ -7,7 +7,6 @@ import math
 import pytest
 
 from thrifty.serve.sim.cost_model import (
-    DEFAULT_DATA_DIR,
     FITTED,
     GEMM_OPS,
     CostModel,
@@ -17,9 +16,6 @@ from thrifty.serve.sim.cost_model import (
 )
 from thrifty.serve.sim.hardware import UnknownGPUError, get_gpu
 from thrifty.serve.sim.model_specs import UnknownModelError, get_model
-
-HAVE_PROFILES = (DEFAULT_DATA_DIR / "gpu-profiles").is_dir()
-needs_profiles = pytest.mark.skipif(not HAVE_PROFILES, reason="../shared/data/gpu-profiles is absent")
 
 
 def test_model_shapes_match_published_sizes():
@@ -84,7 +80,6 @@ def test_batch_time_composition_and_piggybacking():
     assert CostModel("mistral-7b", "h100").batch_time(chunk, decodes, 32) < hybrid
 
 
-@needs_profiles
 def test_fit_reproduces_profile_timings():
     """Stated error: every GEMM within 12% mean absolute relative error of the profile medians, every other
     operator (microsecond element-wise kernels) within 20%, on every GPU and model profiled."""
@@ -95,7 +90,6 @@ def test_fit_reproduces_profile_timings():
         assert row["mape"] <= bound, row
 
 
-@needs_profiles
 def test_stored_constants_are_the_fit():
     """Refitting (H100, one GEMM and one element-wise operator: the whole fit takes seconds) gives the stored values."""
     fitted = fit_constants(gpus=["h100"], ops=["attn_post_proj", "mlp_act"])

@@ -43,6 +43,17 @@ def test_trace_csv_sampling_and_common_random_numbers(tmp_path):
     assert all(s.arrival_time == 0.0 for s in trace_requests(trace, 5, None))
     with pytest.raises(FileNotFoundError):
         load_trace(tmp_path / "missing.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("num_prefill_tokens,num_decode_tokens\n10,2\nten,3\n")
+    with pytest.raises(ValueError, match=r"bad\.csv' line 3: num_prefill_tokens is 'ten', not a number"):
+        load_trace(bad)
+
+
+def test_the_shipped_traces_load_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("conv", "code", "arxiv"):
+        trace = load_trace(name)
+        assert len(trace) > 8000 and (trace.arrivals is None) == (name == "arxiv")
 
 
 def test_shared_prefix_batch_shape_and_saving():

@@ -17,12 +17,12 @@ as in Vidur's ``ExecutionTime`` (arXiv 2405.05465), with the learned regressors 
 
 Calibration (``fit_constants``): for each GPU and operator the efficiencies, the launch term and the tile are fitted
 by least squares on relative error against the median timings ``time_stats.<op>.median`` of Vidur's profiles
-(``../shared/data/gpu-profiles/<gpu>_<model>_mlp.csv``: Llama-2-7B on A100 and H100, Llama-3-8B on A100, every
-``num_tokens`` and tensor-parallel degree, shapes per worker). ``eta_c`` and ``eta_m`` are searched on a grid of
-0.02 steps, the tile among 1, 16, 32, 64, 128, and the launch term is the closed-form least-squares optimum
+(``data/gpu-profiles/<gpu>_<model>_mlp.csv``, shipped with the package: Llama-2-7B on A100 and H100, Llama-3-8B on
+A100, every ``num_tokens`` and tensor-parallel degree, shapes per worker). ``eta_c`` and ``eta_m`` are searched on a
+grid of 0.02 steps, the tile among 1, 16, 32, 64, 128, and the launch term is the closed-form least-squares optimum
 (clipped at 0) for each grid point. ``FITTED`` holds the result, printed by ``python -m thrifty.serve.sim.cost_model``
-from the data folder, and is used when the data folder is absent; ``calibration_report`` gives the per-operator
-error. The profiles hold no attention kernels: attention uses the assumed efficiencies in ``ATTENTION`` (cited
+from the data folder (the cost model uses the stored fit, not a new one); ``calibration_report`` gives the
+per-operator error. The profiles hold no attention kernels: attention uses the assumed efficiencies in ``ATTENTION`` (cited
 there), not fitted ones.
 """
 
@@ -53,7 +53,8 @@ __all__ = [
     "op_shape_cost",
 ]
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+# Vidur's traces and GPU profiles (MIT), shipped with the package: see data/README.md.
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data"
 
 OPS = (
     "emb",
@@ -82,7 +83,7 @@ class OpCalibration:
     tile: int
 
 
-# Fitted by ``python -m thrifty.serve.sim.cost_model`` from ../shared/data/gpu-profiles (Vidur's A100/H100 profiles).
+# Fitted by ``python -m thrifty.serve.sim.cost_model`` from DEFAULT_DATA_DIR/gpu-profiles (Vidur's A100/H100 profiles).
 FITTED: dict[str, dict[str, OpCalibration]] = {
     "a100": {
         "emb": OpCalibration(eta_c=1.00, eta_m=0.16, launch_s=3.087e-06, tile=1),

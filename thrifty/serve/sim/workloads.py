@@ -1,6 +1,6 @@
 """Workloads for the simulator: request-length traces, arrival processes, and shared-prefix offline batches.
 
-- Traces (Vidur's processed traces, MIT; ``../shared/data/llm-traces``): ``conv`` and ``code`` are the Azure LLM
+- Traces (Vidur's processed traces, MIT; shipped in ``data/llm-traces``): ``conv`` and ``code`` are the Azure LLM
   inference traces 2023 (Splitwise) with arrival times, ``arxiv`` the arXiv-summarization lengths. A trace is used
   as Sarathi-Serve's capacity search uses one: request lengths from the trace, arrivals from a Poisson (or gamma)
   process at the probed rate; requests longer than the model's context are dropped.
@@ -61,6 +61,17 @@ class Trace:
         return int(self.prompt_lens.size)
 
 
+def _column(path: Path, rows: list[dict[str, str]], column: str) -> list[float]:
+    """The numbers of ``column``; a ``ValueError`` naming the file, line and value that is not one."""
+    values = []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            values.append(float(row[column]))
+        except (TypeError, ValueError):
+            raise ValueError(f"{str(path)!r} line {line}: {column} is {row[column]!r}, not a number") from None
+    return values
+
+
 def load_trace(name_or_path: str | Path, data_dir: str | Path | None = None) -> Trace:
     """A trace by name (``conv``, ``code``, ``arxiv``) or CSV path with ``num_prefill_tokens``,
     ``num_decode_tokens`` and optionally ``arrived_at`` columns."""
@@ -77,9 +88,9 @@ def load_trace(name_or_path: str | Path, data_dir: str | Path | None = None) -> 
         rows = list(csv.DictReader(f))
     if not rows or "num_prefill_tokens" not in rows[0] or "num_decode_tokens" not in rows[0]:
         raise ValueError(f"{str(path)!r} needs num_prefill_tokens and num_decode_tokens columns")
-    prompts = np.array([int(float(r["num_prefill_tokens"])) for r in rows])
-    outputs = np.array([int(float(r["num_decode_tokens"])) for r in rows])
-    arrivals = np.array([float(r["arrived_at"]) for r in rows]) if "arrived_at" in rows[0] else None
+    prompts = np.array([int(v) for v in _column(path, rows, "num_prefill_tokens")])
+    outputs = np.array([int(v) for v in _column(path, rows, "num_decode_tokens")])
+    arrivals = np.array(_column(path, rows, "arrived_at")) if "arrived_at" in rows[0] else None
     return Trace(name if name in TRACES else path.stem, prompts, outputs, arrivals)
 
 
