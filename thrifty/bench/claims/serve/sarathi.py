@@ -66,22 +66,16 @@ class StepLog:
 
 
 def _run_batch_size(cost, batch: int, n: int) -> dict[str, float]:
-    from thrifty.serve.sched import SchedulerConfig
-    from thrifty.serve.sim.simulator import Simulator
+    from thrifty.serve.sim.simulator import Simulator, default_config
     from thrifty.serve.sim.workloads import RequestSpec
 
     seq_len, budget = SETUP["seq_len"], SETUP["budget"]
     decode_len = round(seq_len / (1 + budget / (batch - 1)))
     prompt_len = seq_len - decode_len
     specs = [RequestSpec(tuple(range(i * seq_len, i * seq_len + prompt_len)), decode_len) for i in range(n)]
-    whole = max(seq_len, budget)  # whole-prompt policies need the longest sequence in one step
-    configs = {
-        "sarathi": SchedulerConfig(budget, batch),
-        "prefill_first": SchedulerConfig(whole, batch),
-        "orca": SchedulerConfig(whole, batch),
-    }
     row: dict[str, float] = {"prompt_len": prompt_len, "decode_len": decode_len}
-    for policy, config in configs.items():
+    for policy in ("sarathi", "prefill_first", "orca"):
+        config = default_config(policy, budget, batch, seq_len)  # whole-prompt policies get the sequence length
         log = StepLog(cost)
         result = Simulator(cost, policy, config).run(specs, on_step=log)
         row[f"{policy}_tokens_per_s"] = result.total_throughput

@@ -61,7 +61,7 @@ def _measure(ctx: ClaimContext) -> dict[str, Any]:
     import torch
 
     from thrifty.serve.engine import LLMEngine
-    from thrifty.serve.sched import SchedulerConfig
+    from thrifty.serve.sched import SCHEDULERS, SchedulerConfig
     from thrifty.serve.sim.workloads import load_trace, trace_requests
 
     torch.set_num_threads(1)
@@ -71,9 +71,10 @@ def _measure(ctx: ClaimContext) -> dict[str, Any]:
     vocab = model.config.vocab_size
     scale = SETUP["length_scale"]
     prefill_speed = _prefill_tokens_per_s(model, SETUP["budget"])
+    context = model.config.max_position_embeddings  # whole-prompt policies need the longest sequence in one step
     configs = {
-        "sarathi_serve": SchedulerConfig(SETUP["budget"], SETUP["max_num_seqs"]),
-        "prefill_first": SchedulerConfig(model.config.max_position_embeddings, SETUP["max_num_seqs"]),
+        p: SchedulerConfig(context if SCHEDULERS[p].prefills_whole_prompts else SETUP["budget"], SETUP["max_num_seqs"])
+        for p in POLICIES
     }
     advance = ctx.track("Sarathi-Serve vs prefill_first (measured, CPU)", len(ctx.seeds))
     rows: dict[str, list[dict[str, float]]] = {p: [] for p in POLICIES}
