@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from thrifty.bench import experiment
 from thrifty.bench.claim import HELD, NOT_HELD
 from thrifty.bench.claims import get_claim
 from thrifty.bench.claims.schedules import lanczos_lr, linear_decay, refined
@@ -64,7 +63,7 @@ def test_linear_decay_as_the_refined_schedule_is_never_held(monkeypatch):
 @pytest.mark.slow
 def test_linear_decay_that_zeroes_the_lr_is_not_held(monkeypatch):
     monkeypatch.setattr(linear_decay, "WORKLOADS", ("digits_mlp",))
-    monkeypatch.setattr(experiment, "linear_decay_factor", lambda steps, warmup=0: lambda step: 0.0)
+    monkeypatch.setattr(linear_decay, "SCHEDULE", (0.0,))  # multipliers: zero at every step
     assert _verdict("linear_decay") == NOT_HELD
 
 

@@ -11,6 +11,7 @@ from thrifty.bench.compare import Comparison, compare
 from thrifty.bench.experiment import run_method
 
 WORKLOADS = ("charlm", "digits_mlp")
+SCHEDULE, BASELINE = "warmup_linear", "warmup_cosine"  # both warm up over 5% of the steps, then decay to zero
 LOSS_MARGIN = 0.01  # "matches or outperforms": linear's final val loss at most 1% above cosine's
 
 
@@ -26,7 +27,7 @@ def linear_decay_claim(ctx: ClaimContext) -> ClaimOutcome:
     tuning = []
     failures: list[str] = []
     for workload in WORKLOADS:
-        tuned = tuned_peak_lr(ctx, workload, "warmup_cosine")
+        tuned = tuned_peak_lr(ctx, workload, BASELINE)
         tuning.append(tuned.to_dict())
         details[f"{workload} AdamW cosine grid"] = tuned.note()
         if tuned.chosen is None:
@@ -37,11 +38,9 @@ def linear_decay_claim(ctx: ClaimContext) -> ClaimOutcome:
                 tuning=tuning,
             )
         lr = tuned.chosen
-        cosine_spec = with_lr(adamw_spec(workload, ctx.scale, "warmup_cosine"), lr)
+        cosine_spec = with_lr(adamw_spec(workload, ctx.scale, BASELINE), lr)
         cosine = run_method(ctx, f"{workload} cosine lr={lr:g}", cosine_spec)
-        linear = run_method(
-            ctx, f"{workload} linear lr={lr:g}", dataclasses.replace(cosine_spec, schedule="warmup_linear")
-        )
+        linear = run_method(ctx, f"{workload} linear lr={lr:g}", dataclasses.replace(cosine_spec, schedule=SCHEDULE))
         failures += cosine.failures + linear.failures
         comparisons.append(
             compare(
