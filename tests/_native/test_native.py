@@ -27,7 +27,7 @@ BUILDS = ["", "-mno-avx512vbmi", "-mno-avx512f"] if platform.machine() in ("x86_
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch, tmp_path_factory):
     """Each test loads the library anew (from the shared cache, so each build happens once per session)."""
-    monkeypatch.setenv("THRIFTY_CACHE", str(tmp_path_factory.getbasetemp() / "thrifty-cache"))
+    monkeypatch.setenv("THRIFTY_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "thrifty-cache"))
     monkeypatch.setattr(_native, "_state", {})
 
 
@@ -80,7 +80,7 @@ def test_library_is_cached_and_can_be_turned_off(monkeypatch):
 def test_unwritable_cache_builds_in_the_temporary_directory(monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory\n")
-    monkeypatch.setenv("THRIFTY_CACHE", str(blocker / "cache"))
+    monkeypatch.setenv("THRIFTY_CACHE_DIR", str(blocker / "cache"))
     monkeypatch.setattr(_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

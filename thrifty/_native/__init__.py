@@ -10,8 +10,8 @@ bit for bit (tested; diffGrad's ``exp`` is within about 2 ulp). Each call takes 
 param group, so small tensors cost no per-tensor call.
 
 The library is built once per machine with the system C compiler (``$CC``, else ``cc``) as
-``-O3 -march=native -fopenmp -ffp-contract=off`` into ``$THRIFTY_CACHE/native`` (default
-``~/.cache/thrifty/native``; the temporary directory when that cannot be created), keyed by a
+``-O3 -march=native -fopenmp -ffp-contract=off`` into the ``native`` folder of thrifty's cache
+(``$THRIFTY_CACHE_DIR``, default ``~/.cache/thrifty``; the temporary directory when that cannot be created), keyed by a
 hash of the source, the flags, the compiler and the CPU, and loaded with ``ctypes`` (which
 releases the GIL during a call). Building takes about a second; ``build_seconds()`` reports it.
 Without a working compiler ``library()`` warns once and returns ``None``, and the optimizers use
@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from thrifty._cache import cache_root
 
 __all__ = ["Book", "book", "build_seconds", "library", "squares_finite", "step32bit", "step8bit", "usable"]
 
@@ -98,8 +100,7 @@ def _cpu_key() -> str:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("THRIFTY_CACHE") or Path.home() / ".cache" / "thrifty"
-    return Path(root) / "native"
+    return cache_root() / "native"
 
 
 def _compiler() -> str | None:
