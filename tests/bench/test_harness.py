@@ -97,3 +97,15 @@ def test_make_scheduler_names_and_refined_tuples():
     assert lrs((1.0, 0.0), steps=3) == pytest.approx([1.0, 0.5, 0.0])
     with pytest.raises(ValueError, match="schedule must be one of"):
         lrs("step")
+
+
+def test_terminal_summary_keeps_bracketed_text():
+    from rich.console import Console
+
+    from thrifty.bench.report import summary_table
+
+    run = run_claims([_claim("soap", _outcome)], scale="smoke", seeds=3)
+    run.results[0].outcome.summary = "[simulated, A100] 3 seeds"
+    console = Console(width=200, record=True)
+    console.print(summary_table(run))
+    assert "[simulated, A100] 3 seeds" in console.export_text()

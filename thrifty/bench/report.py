@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from thrifty.bench.claim import Series
@@ -53,7 +54,9 @@ def summary_table(run: BenchRun) -> Table:
     for name in ("claim", "verdict", "measured", "s"):
         table.add_column(name, overflow="fold")
     for key, verdict, measured, seconds in summary_rows(run):
-        table.add_row(key, f"[{_VERDICT_STYLE.get(verdict, '')}]{verdict}", measured, seconds)
+        # Summaries hold brackets ("[simulated, A100]", the comparisons' intervals): escape them, or rich would
+        # read them as style markup and drop them.
+        table.add_row(key, f"[{_VERDICT_STYLE.get(verdict, '')}]{verdict}", escape(measured), seconds)
     return table
 
 
