@@ -63,7 +63,8 @@ class Series:
     """One method's curves across seeds, for plotting with a seed band.
 
     ``steps[i]``, ``seconds[i]`` and ``values[i]`` belong to seed ``i``; ``seconds`` is
-    training wall-clock time, so the same runs can be plotted against steps and against time.
+    training time on ``thrifty.bench.workloads.TRAINING_CLOCK`` (process CPU time), so the same runs can be plotted
+    against steps and against time.
     """
 
     label: str

@@ -75,7 +75,7 @@ def _band(xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]]):
 
 
 def plot_series(series: Sequence[Series], title: str, path: str | Path) -> Path | None:
-    """One row per metric; left against steps, right against training seconds; bands span seeds."""
+    """One row per metric; left against steps, right against training CPU seconds; bands span seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +87,7 @@ def plot_series(series: Sequence[Series], title: str, path: str | Path) -> Path 
     metrics = list(dict.fromkeys(s.metric for s in series))
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.6 * len(metrics)), squeeze=False)
     for row, metric in enumerate(metrics):
-        for col, (xkey, xlabel) in enumerate((("steps", "step"), ("seconds", "training seconds"))):
+        for col, (xkey, xlabel) in enumerate((("steps", "step"), ("seconds", "training CPU seconds (process time)"))):
             ax = axes[row][col]
             for s in series:
                 if s.metric != metric:

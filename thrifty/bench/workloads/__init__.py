@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from thrifty.bench.workloads import charlm, digits, logreg, synthetic
-from thrifty.bench.workloads.base import Curve, NonFiniteLossError, Task, fit
+from thrifty.bench.workloads.base import TRAINING_CLOCK, Curve, NonFiniteLossError, Task, fit
 
 __all__ = [
+    "TRAINING_CLOCK",
     "WORKLOADS",
     "Curve",
     "NonFiniteLossError",

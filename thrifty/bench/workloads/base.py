@@ -3,7 +3,8 @@
 A workload is a factory ``make(seed, **config) -> Task``. A ``Task`` owns a freshly
 initialised model, a deterministic stream of training batches, a loss and a validation
 function. ``fit`` trains it with any optimizer and records a ``Curve`` against steps and
-against wall-clock seconds (training time only; evaluation is not timed), and the global l2 and l1
+against training seconds (``TRAINING_CLOCK``: process CPU time, so that other processes on a shared machine do
+not slow one run and not another; evaluation is not timed), and the global l2 and l1
 norms of every step's gradient, from which a later run can refine its learning-rate schedule
 (``thrifty.schedules.refine_schedule``). Given an adaptive batch-size controller
 (``thrifty.batching.AdaptiveBatchSize``), ``fit`` asks the task for batches of the controller's size,
@@ -24,7 +25,12 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # thrifty.batching's modules may build on the workloads, so fit imports it when it needs it
     from thrifty.batching.adadagrad import AdaptiveBatchSize
 
-__all__ = ["Curve", "NonFiniteLossError", "Task", "fit"]
+__all__ = ["TRAINING_CLOCK", "Curve", "NonFiniteLossError", "Task", "fit"]
+
+# The clock of training time in curves: this process's CPU time over all its threads. Wall clock of runs made one
+# after another is meaningless on a shared machine (one run can take ten times another); comparisons of speed
+# are made by interleaving (``thrifty.bench.experiment.interleaved_step_seconds``).
+TRAINING_CLOCK = time.process_time
 
 
 class NonFiniteLossError(RuntimeError):
@@ -141,7 +147,7 @@ def fit(
     model.train()
     for step in range(1, steps + 1):
         batch = task.next_batch() if batch_controller is None else task.next_batch(batch_controller.batch_size)
-        start = time.perf_counter()
+        start = TRAINING_CLOCK()
         optimizer.zero_grad(set_to_none=True)
         loss = task.loss(model, batch)
         loss.backward()
@@ -151,7 +157,7 @@ def fit(
         if scheduler is not None:
             scheduler.step()
         value = float(loss.detach())
-        elapsed += time.perf_counter() - start
+        elapsed += TRAINING_CLOCK() - start
         if not math.isfinite(value):
             raise NonFiniteLossError(step, value)
         if batch_controller is not None:
