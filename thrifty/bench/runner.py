@@ -99,6 +99,8 @@ def run_claims(
                 if _current:
                     progress.remove_task(_current.pop())
                 task_id = progress.add_task(f"  {_claim.key}: {description}", total=total)
+                if not console.is_terminal:  # no live bars in a log or a pipe: one line per phase instead
+                    console.print(f"  {_claim.key}: {description}")
                 _current.append(task_id)
                 return lambda advance=1: progress.advance(task_id, advance)
 
