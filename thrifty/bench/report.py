@@ -76,10 +76,9 @@ def _band(xs: Sequence[Sequence[float]], ys: Sequence[Sequence[float]]):
 
 def plot_series(series: Sequence[Series], title: str, path: str | Path) -> Path | None:
     """One row per metric; left against steps, right against training CPU seconds; bands span seeds."""
-    import matplotlib
+    from thrifty._plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     series = [s for s in series if s.values and all(len(v) > 1 for v in s.values)]
     if not series:

@@ -302,10 +302,9 @@ class Simulator:
 
 def plot_tbt_cdfs(tbts: dict[str, np.ndarray], title: str, path: str | Path) -> Path | None:
     """Empirical CDFs of time between tokens per policy (log x axis, ms) saved as a PNG; ``None`` if all empty."""
-    import matplotlib
+    from thrifty._plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tbts = {k: v for k, v in tbts.items() if len(v)}
     if not tbts:
