@@ -151,7 +151,7 @@ def start_server(args: argparse.Namespace, workdir: Path) -> tuple[subprocess.Po
     cmd = [
         sys.executable,
         "-m",
-        "thrifty.cli",
+        "thrifty",
         "serve",
         "--port",
         str(port),
