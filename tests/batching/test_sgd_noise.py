@@ -1,4 +1,4 @@
-"""SGD-noise study tools (arXiv 2301.13703): the alpha trick, the lazy limit, the stopping rule, T_c and the plot."""
+"""SGD-noise study tools (arXiv 2301.13703): the alpha trick, the lazy limit, the stopping rule, T_c and its fit."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from thrifty.batching.sgd_noise import (
     all_fitted,
     critical_temperature,
     fit_power_law,
-    plot_phase_diagram,
     scaled_hinge_loss,
-    sweep,
     train_until_fitted,
 )
 
@@ -118,40 +116,3 @@ def test_critical_temperature_and_power_law_fit():
     assert math.isnan(critical_temperature(temps, [5.0, 6.0, 7.0], 4.0))
     k, c, r2 = fit_power_law([10, 100, 1000], [3 * 10**-0.5, 3 * 100**-0.5, 3 * 1000**-0.5])
     assert k == pytest.approx(-0.5) and c == pytest.approx(3.0) and r2 == pytest.approx(1.0)
-
-
-def test_sweep_and_phase_diagram(tmp_path):
-    x, y = _data(40)
-    x_test, y_test = _data(30, seed=1)
-    calls = []
-    result = sweep(
-        lambda seed: AlphaScaledModel(_net(seed), 1.0),
-        x,
-        y,
-        x_test,
-        y_test,
-        [10, 20],
-        [0.01, 0.1],
-        [0, 1],
-        batch_size=5,
-        max_steps=300,
-        progress=calls.append,
-    )
-    assert len(calls) == 8 and set(result.runs) == {(p, t) for p in (10, 20) for t in (0.01, 0.1)}
-    errors = result.mean("test_error")
-    assert len(errors) == 2 and all(0.0 <= e <= 1.0 for row in errors for e in row)
-    path = plot_phase_diagram(result, str(tmp_path / "phase.png"), critical=[0.05, math.nan])
-    assert (tmp_path / "phase.png").stat().st_size > 0 and path.endswith("phase.png")
-    with pytest.raises(ValueError, match="exceeds"):
-        sweep(
-            lambda seed: AlphaScaledModel(_net(seed), 1.0),
-            x,
-            y,
-            x_test,
-            y_test,
-            [41],
-            [0.1],
-            [0],
-            batch_size=5,
-            max_steps=1,
-        )

@@ -1,6 +1,6 @@
 """Batch-size methods: adaptive batch sizes for adaptive gradient methods (AdAdaGrad, arXiv 2402.11215); ghost batch
 norm and regime adaptation (Train longer, generalize better, arXiv 1705.08741); concurrent adversarial learning
-(ConAdv, arXiv 2106.00221)."""
+(ConAdv, arXiv 2106.00221); the SGD-noise study's alpha-trick model and critical temperature (arXiv 2301.13703)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from thrifty.batching.ghost_bn import GRAD_CLIP_NORM, GhostBatchNorm, Regime, co
 from thrifty.batching.sgd_noise import (
     AlphaScaledModel,
     critical_temperature,
-    plot_phase_diagram,
+    fit_power_law,
     scaled_hinge_loss,
-    sweep,
     train_until_fitted,
 )
 
@@ -39,11 +38,10 @@ __all__ = [
     "convert_ghost_bn",
     "critical_temperature",
     "fgsm",
+    "fit_power_law",
     "micro_batch_grads",
     "per_sample_grads",
-    "plot_phase_diagram",
     "regime_adaptation",
     "scaled_hinge_loss",
-    "sweep",
     "train_until_fitted",
 ]

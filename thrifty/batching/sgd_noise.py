@@ -1,5 +1,6 @@
 """Tools of the SGD-noise study: the alpha-trick model, the scaled hinge loss, training until every point is fitted,
-a (temperature, training-set size) sweep, critical temperatures and a phase-diagram plot.
+critical temperatures and the power-law fit. (The (T, P) sweep and the phase-diagram plot are experiment code: they
+live with the SGD-noise claim in the bench.)
 
 Paper: "Dissecting the Effects of SGD Noise in Distinct Regimes of Deep Learning", Sclocchi, Geiger and Wyart,
 ICML 2023, arXiv 2301.13703. An analysis paper; the protocol it measures with is:
@@ -25,8 +26,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -34,14 +35,11 @@ from torch import Tensor, nn
 __all__ = [
     "AlphaScaledModel",
     "FitResult",
-    "SweepResult",
     "all_fitted",
     "critical_temperature",
     "fit_power_law",
     "margins",
-    "plot_phase_diagram",
     "scaled_hinge_loss",
-    "sweep",
     "train_until_fitted",
 ]
 
@@ -151,67 +149,6 @@ def train_until_fitted(
     return FitResult(fitted, steps, lr * steps, model.weight_variation(), test_error, time.perf_counter() - start)
 
 
-@dataclass
-class SweepResult:
-    """Runs over a grid: ``runs[(P, T)]`` holds one :class:`FitResult` per seed."""
-
-    sizes: list[int]
-    temperatures: list[float]
-    runs: dict[tuple[int, float], list[FitResult]] = field(default_factory=dict)
-
-    def mean(self, attribute: str) -> list[list[float]]:
-        """``attribute`` averaged over seeds, as rows over sizes and columns over temperatures."""
-        return [
-            [sum(getattr(r, attribute) for r in self.runs[(p, t)]) / len(self.runs[(p, t)]) for t in self.temperatures]
-            for p in self.sizes
-        ]
-
-
-def sweep(
-    make_model: Callable[[int], AlphaScaledModel],
-    x_train: Tensor,
-    y_train: Tensor,
-    x_test: Tensor,
-    y_test: Tensor,
-    sizes: Sequence[int],
-    temperatures: Sequence[float],
-    seeds: Sequence[int],
-    *,
-    batch_size: int,
-    max_steps: int,
-    progress: Callable[[int], None] | None = None,
-) -> SweepResult:
-    """Train ``make_model(seed)`` (an :class:`AlphaScaledModel`) on the first ``P`` training points of a per-seed
-    permutation, for every ``P`` in ``sizes``, ``T`` in ``temperatures`` and seed; ``progress(1)`` after each run."""
-    result = SweepResult(list(sizes), [float(t) for t in temperatures])
-    for p in sizes:
-        if p > len(x_train):
-            raise ValueError(f"training-set size {p} exceeds the {len(x_train)} training points")
-        for t in result.temperatures:
-            runs = []
-            for seed in seeds:
-                gen = torch.Generator().manual_seed(seed)
-                subset = torch.randperm(len(x_train), generator=gen)[:p]
-                model = make_model(seed)
-                runs.append(
-                    train_until_fitted(
-                        model,
-                        x_train[subset],
-                        y_train[subset],
-                        t,
-                        batch_size,
-                        max_steps,
-                        generator=gen,
-                        x_test=x_test,
-                        y_test=y_test,
-                    )
-                )
-                if progress is not None:
-                    progress(1)
-            result.runs[(p, t)] = runs
-    return result
-
-
 def critical_temperature(temperatures: Sequence[float], values: Sequence[float], level: float) -> float:
     """The temperature at which ``values`` (increasing with ``T``) first reaches ``level``, interpolated linearly in
     ``log T`` and ``log value``; NaN when the grid never reaches it or starts above it."""
@@ -242,33 +179,3 @@ def fit_power_law(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, floa
     ss_res = sum((p[1] - (c + k * p[0])) ** 2 for p in pts)
     ss_tot = sum((p[1] - my) ** 2 for p in pts)
     return k, math.exp(c), (1.0 - ss_res / ss_tot) if ss_tot > 0 else 1.0
-
-
-def plot_phase_diagram(result: SweepResult, path: str, critical: Sequence[float] | None = None) -> str:
-    """Test error over the (T, P) grid as a heat map (log-spaced axes), with the critical temperatures per P
-    overlaid when given; writes a PNG to ``path`` and returns it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    errors = result.mean("test_error")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    mesh = ax.pcolormesh(
-        range(len(result.temperatures) + 1), range(len(result.sizes) + 1), errors, cmap="viridis", shading="flat"
-    )
-    fig.colorbar(mesh, ax=ax, label="test error")
-    ax.set_xticks([i + 0.5 for i in range(len(result.temperatures))], [f"{t:.2g}" for t in result.temperatures])
-    ax.set_yticks([i + 0.5 for i in range(len(result.sizes))], [str(p) for p in result.sizes])
-    ax.set_xlabel("temperature T = lr / B")
-    ax.set_ylabel("training-set size P")
-    if critical is not None:
-        log_t = [math.log(t) for t in result.temperatures]
-        step = (log_t[-1] - log_t[0]) / max(1, len(log_t) - 1)
-        xs = [0.5 + (math.log(tc) - log_t[0]) / step if tc == tc else math.nan for tc in critical]
-        ax.plot(xs, [i + 0.5 for i in range(len(result.sizes))], "w--o", label="T_c")
-        ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
