@@ -162,6 +162,11 @@ def test_simulate_runs_from_any_directory_on_the_shipped_traces(tmp_path, monkey
     assert main(argv) == 0
     record = json.loads((tmp_path / "runs" / "simulate" / "simulate.json").read_text())
     assert record["trace"] == "code" and record["requests"] == 8
+    lines = capsys.readouterr().out.splitlines()  # title and note whole, on lines of their own
+    assert any(
+        line.startswith("simulated, A100") and line.endswith("8 requests at 1.0 QPS (poisson)") for line in lines
+    )
+    assert any(line.startswith("every number: simulated") and line.endswith("TPOT <= 0.2 s") for line in lines)
 
 
 def test_piped_tables_keep_whole_rows(capsys):

@@ -179,7 +179,7 @@ def _cmd_sample(args: argparse.Namespace, console: Console) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     noise = torch.randn(args.samples, *shape, generator=torch.Generator().manual_seed(args.seed))
     rows: list[dict[str, Any]] = []
-    table = Table(title=f"thrifty diffusion sample: {args.teacher}, {args.grid} grid, {args.solver}")
+    table = Table()
     for col in ("steps", "NFE", "grid", *([metric[0]] if metric else [])):
         table.add_column(col)
     for steps in steps_list:
@@ -214,6 +214,7 @@ def _cmd_sample(args: argparse.Namespace, console: Console) -> int:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if metric is not None and len(rows) > 1:
         _save_quality_plot(rows, metric[0], out_dir / "quality_vs_steps.png")
+    console.print(f"thrifty diffusion sample: {args.teacher}, {args.grid} grid, {args.solver}", markup=False)
     console.print(table)
     console.print(f"wrote samples_K*.pt, samples_K*.png, summary.json to {out_dir}")
     return 0

@@ -111,7 +111,8 @@ def _cmd_simulate(args: argparse.Namespace, console: Console) -> int:
     if args.capacity:
         slo = args.slo_tbt if args.slo_tbt is not None else strict_tbt_slo(cost)
         record["tbt_slo_s"] = slo
-        table = Table(title=f"capacity ({label}): {cost.model.name}, {trace.name} trace, {len(specs)} requests")
+        title = f"capacity ({label}): {cost.model.name}, {trace.name} trace, {len(specs)} requests"
+        table = Table()
         for column in ("policy", "capacity QPS", "P99 TBT ms", "P50 sched delay s", "probes"):
             table.add_column(column, justify="right")
         with console.status("capacity search (simulated)"):
@@ -130,10 +131,11 @@ def _cmd_simulate(args: argparse.Namespace, console: Console) -> int:
                     _fmt(probe.delay_p50 if probe else float("nan"), digits=3),
                     str(len(result.probes)),
                 )
-        table.caption = f"{label}; SLO: P99 TBT <= {slo * 1e3:.0f} ms and P50 scheduling delay <= 2 s"
+        note = f"{label}; SLO: P99 TBT <= {slo * 1e3:.0f} ms and P50 scheduling delay <= 2 s"
     else:
         rate = "the trace's arrival times" if args.arrival == "trace" else f"{args.qps} QPS ({args.arrival})"
-        table = Table(title=f"{label}: {cost.model.name}, {trace.name} trace, {len(specs)} requests at {rate}")
+        title = f"{label}: {cost.model.name}, {trace.name} trace, {len(specs)} requests at {rate}"
+        table = Table()
         columns = ("TTFT p50 ms", "TTFT p99 ms", "TBT p50 ms", "TBT p99 ms", "delay p50 s", "req/s", "tok/s")
         table.add_column("policy", no_wrap=True)
         for column in (*columns, "goodput", "preempt", "prefix hit"):
@@ -157,10 +159,11 @@ def _cmd_simulate(args: argparse.Namespace, console: Console) -> int:
                     str(s["preemptions"]),
                     f"{s['prefix_hit_rate']:.1%}",
                 )
-        table.caption = (
-            f"every number: {label}; goodput SLO TTFT <= {args.goodput_ttft:g} s, TPOT <= {args.goodput_tpot:g} s"
-        )
+        note = f"every number: {label}; goodput SLO TTFT <= {args.goodput_ttft:g} s, TPOT <= {args.goodput_tpot:g} s"
+    # title and note as lines of their own: a table wraps them to its width, splitting words in a narrow table
+    console.print(title, style="bold", markup=False)
     console.print(table)
+    console.print(note, markup=False)
     (out / "simulate.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
     written = [out / "simulate.json"]
     plot = plot_tbt_cdfs(tbts, f"TBT CDF ({label})", out / "tbt_cdf.png")

@@ -34,11 +34,7 @@ def _cmd_speed(args: argparse.Namespace, console: Console) -> int:
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task(f"timing {len(specs)} optimizers on {args.model}", total=args.rounds)
         results = measure_speed(specs, args.model, args.rounds, on_round=lambda r: progress.advance(bar))
-    table = Table(
-        title=f"optimizer step on {args.model}, {args.rounds} interleaved rounds",
-        caption="x fused / x foreach: median step time over torch AdamW's; B/param: state bytes per parameter; "
-        "x state: state bytes over AdamW's",
-    )
+    table = Table()
     table.add_column("optimizer", no_wrap=True)
     for column in ("median ms", "mean ms", "1st ms", "x fused", "x foreach", "state MB", "B/param", "x state"):
         table.add_column(column, justify="right")
@@ -55,7 +51,13 @@ def _cmd_speed(args: argparse.Namespace, console: Console) -> int:
             f"{r.state_bytes_per_param:.2f}",
             state_ratio,
         )
+    # title and legend as lines of their own: a table wraps them to its width, splitting words
+    console.print(f"optimizer step on {args.model}, {args.rounds} interleaved rounds", style="bold")
     console.print(table)
+    console.print(
+        "x fused / x foreach: median step time over torch AdamW's; B/param: state bytes per parameter; "
+        "x state: state bytes over AdamW's"
+    )
     native = _native.build_seconds()
     if native is not None:
         built = "unavailable" if _native.library() is None else "ready"
