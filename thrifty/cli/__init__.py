@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``thrifty`` argument parser with every command's subparser."""
     parser = argparse.ArgumentParser(
         prog="thrifty",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0].replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
