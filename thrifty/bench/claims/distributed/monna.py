@@ -9,7 +9,8 @@ updated every 50 steps, ``momentum = dampening = 0.99`` (official reproduce.py).
 norm, mimic (a copy of honest peer 0), and ALIE and FOE with their factor line-searched against the defence in use.
 Methods: MoNNA (NNA mixing), and D-SGD with the same momentum (plain averaging). The attack-free reference is D-SGD
 on the honest peers alone (a subgroup of the same processes). Accuracy is on the 360 held-out images, averaged over
-honest peers; the verdict uses the final accuracy averaged over seeds.
+honest peers; each attack's verdict compares MoNNA's final accuracy with the attack-free one seed by seed. D-SGD under
+the same attacks is reported: it shows which attacks bite, but how far plain averaging falls is not MoNNA's claim.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from thrifty.bench.claim import HELD, INCONCLUSIVE, NOT_HELD, Claim, ClaimContext, ClaimOutcome, Series
+from thrifty.bench.claim import INCONCLUSIVE, Claim, ClaimContext, ClaimOutcome, Series
 from thrifty.bench.claims import register
+from thrifty.bench.compare import compare
 from thrifty.bench.workloads.digits import DigitsBatches, build_seeded
 from thrifty.data.digits import NUM_CLASSES, NUM_FEATURES, load_digits_split
 from thrifty.data.splits import dirichlet_split
@@ -35,7 +37,7 @@ from thrifty.distributed.monna import MoNNA
 
 # peers n, Byzantine f, steps, evaluation period, attacks
 MONNA_SCALES: dict[str, tuple[int, int, int, int, tuple[str, ...]]] = {
-    "smoke": (4, 1, 30, 10, ("sign_flip", "large_norm")),
+    "smoke": (4, 1, 120, 40, ("sign_flip", "large_norm")),
     "quick": (10, 2, 200, 20, ("sign_flip", "large_norm", "mimic", "alie", "foe")),
     "full": (26, 5, 600, 25, ("sign_flip", "large_norm", "mimic", "alie", "foe")),
 }
@@ -45,9 +47,9 @@ MONNA_LR, MONNA_LR_DECAY = 0.75, 50  # lr_t = 0.75 / (t / 50 + 1), updated every
 MONNA_MOMENTUM = 0.99
 MONNA_L2 = 1e-4
 MONNA_HIDDEN = 32
-MONNA_TOLERANCE = 5.0  # points of accuracy MoNNA may lose to the attack-free run under any attack
-MONNA_COLLAPSE = 50.0  # averaging "collapses" when its final accuracy (%) falls below this (chance: 10%)
-METHODS = {"MoNNA": "nna", "D-SGD": "mean"}
+MONNA_TOLERANCE = 5.0  # "robust": under every attack MoNNA loses less than 5 accuracy points to the attack-free run
+MONNA_LEARNED = 50.0  # below this attack-free accuracy (%) the run is too short to say anything (chance: 10%)
+METHODS = {"MoNNA": "nna", "D-SGD": "mean"}  # aggregation rule of each method (negative controls swap MoNNA's)
 MONNA_THREADS = 11  # configurations run at once per process (more threads only add lock contention)
 
 
@@ -106,7 +108,9 @@ def _run(
     return curve
 
 
-def _peer(rank: int, world_size: int, scale: str, seeds: list[int]) -> dict[str, list[dict[str, list[float]]]]:
+def _peer(
+    rank: int, world_size: int, scale: str, seeds: list[int], methods: dict[str, str]
+) -> dict[str, list[dict[str, list[float]]]]:
     """Every configuration of every seed, up to ``MONNA_THREADS`` at once: one thread and one process group per
     configuration (the same groups created and the jobs queued in the same order on every rank, so the earliest
     unfinished job always runs everywhere and nothing deadlocks), so that collective latency overlaps across runs
@@ -116,7 +120,7 @@ def _peer(rank: int, world_size: int, scale: str, seeds: list[int]) -> dict[str,
     jobs = []  # (key, seed, Byzantine f, aggregator, attack, ranks taking part)
     for seed in seeds:
         jobs.append(("attack-free", seed, 0, "mean", None, honest))
-        jobs += [(f"{m}|{a}", seed, f, agg, a, n) for a in attacks for m, agg in METHODS.items()]
+        jobs += [(f"{m}|{a}", seed, f, agg, a, n) for a in attacks for m, agg in methods.items()]
     groups = [dist.new_group(list(range(size))) for *_, size in jobs]
     # models are built here, not in the threads: build_seeded's meta-device context is not meant to be shared
     models = [build_seeded(_factory, torch.Generator().manual_seed(seed)) for _, seed, *_ in jobs]
@@ -139,7 +143,8 @@ def monna_claim(ctx: ClaimContext) -> ClaimOutcome:
     honest = n - f
     advance = ctx.track(f"MoNNA: {n} gloo processes, {len(ctx.seeds)} seeds", 1)
     started = time.perf_counter()
-    ranks = spawn(_peer, n, ctx.scale, list(ctx.seeds), timeout_s=1800)
+    # the aggregation rules travel as an argument: spawned processes import this module afresh
+    ranks = spawn(_peer, n, ctx.scale, list(ctx.seeds), dict(METHODS), timeout_s=1800)
     wall = time.perf_counter() - started
     advance(1)
 
@@ -148,44 +153,48 @@ def monna_claim(ctx: ClaimContext) -> ClaimOutcome:
         accs = [statistics.fmean(values) for values in zip(*(c["acc"] for c in curves), strict=True)]
         return curves[0]["steps"], curves[0]["seconds"], accs
 
-    final: dict[str, float] = {}
     per_seed: dict[str, list[float]] = {}
     series = []
     keys = ["attack-free"] + [f"{m}|{a}" for a in attacks for m in METHODS]
     for key in keys:
-        finals = [honest_mean(key, j)[2][-1] for j in range(len(ctx.seeds))]
-        per_seed[key] = finals
-        final[key] = statistics.fmean(finals)
+        per_seed[key] = [honest_mean(key, j)[2][-1] for j in range(len(ctx.seeds))]
+    final = {key: statistics.fmean(values) for key, values in per_seed.items()}
     for attack in attacks:
         for key, label in ((f"MoNNA|{attack}", "MoNNA"), (f"D-SGD|{attack}", "D-SGD"), ("attack-free", "attack-free")):
             s = Series(label=label, metric=f"val acc % under {attack}")
             for j in range(len(ctx.seeds)):
                 s.add(*honest_mean(key, j))
             series.append(s)
-    reference = final["attack-free"]
-    monna_gap = {a: reference - final[f"MoNNA|{a}"] for a in attacks}
-    collapsed = [a for a in attacks if final[f"D-SGD|{a}"] < MONNA_COLLAPSE]
-    robust = all(gap <= MONNA_TOLERANCE for gap in monna_gap.values())
-    per_attack = ", ".join(f"{a} {final[f'MoNNA|{a}']:.1f}/{final[f'D-SGD|{a}']:.1f}" for a in attacks)
-    if reference < MONNA_COLLAPSE:
-        verdict = INCONCLUSIVE
-        summary = f"the attack-free run reached only {reference:.1f}% (< {MONNA_COLLAPSE:g}%): too short to judge"
-    else:
-        verdict = HELD if robust and collapsed else NOT_HELD
-        summary = (
-            f"attack-free {reference:.1f}%; MoNNA/D-SGD % under {per_attack}; MoNNA within {MONNA_TOLERANCE:g} "
-            f"points under {len(attacks) - sum(g > MONNA_TOLERANCE for g in monna_gap.values())}/{len(attacks)} "
-            f"attacks (worst gap {max(monna_gap.values()):.1f}); D-SGD < {MONNA_COLLAPSE:g}% under "
-            f"{', '.join(collapsed) or 'no attack'}"
+    free = per_seed["attack-free"]
+    judged = [
+        compare(
+            f"MoNNA under {attack} vs attack-free, accuracy points",
+            per_seed[f"MoNNA|{attack}"],
+            free,
+            better="higher",
+            margin=MONNA_TOLERANCE,
+            kind="noninferior",
         )
-    metrics = {"attack_free_acc": reference, "wall_seconds": wall}
+        for attack in attacks
+    ]
+    reported = [
+        compare(
+            f"MoNNA vs D-SGD (averaging) under {attack}, accuracy points",
+            per_seed[f"MoNNA|{attack}"],
+            per_seed[f"D-SGD|{attack}"],
+            better="higher",
+            margin=0.0,
+        )
+        for attack in attacks
+    ]
+    metrics = {"attack_free_acc": final["attack-free"], "wall_seconds": wall}
     for attack in attacks:
         metrics[f"monna_acc_{attack}"] = final[f"MoNNA|{attack}"]
         metrics[f"dsgd_acc_{attack}"] = final[f"D-SGD|{attack}"]
-        metrics[f"monna_gap_{attack}"] = monna_gap[attack]
-    return ClaimOutcome(
-        verdict,
-        summary,
+        metrics[f"monna_gap_{attack}"] = final["attack-free"] - final[f"MoNNA|{attack}"]
+    per_attack = ", ".join(f"{a} {final[f'MoNNA|{a}']:.1f}/{final[f'D-SGD|{a}']:.1f}" for a in attacks)
+    evidence = dict(
+        reported=reported,
         metrics=metrics,
         per_seed=per_seed,
         series=series,
@@ -193,15 +202,26 @@ def monna_claim(ctx: ClaimContext) -> ClaimOutcome:
             "workload": f"{n} peers ({f} Byzantine, ranks {honest}..{n - 1}) as gloo processes, one thread each; "
             f"digits split over the {honest} honest peers by the official Dirichlet recipe (alpha {MONNA_ALPHA:g}); "
             f"MLP 64-{MONNA_HIDDEN}-10, batch {MONNA_BATCH}, {steps} steps, lr {MONNA_LR} / (t/{MONNA_LR_DECAY} + 1), "
-            f"momentum = dampening = {MONNA_MOMENTUM}, L2 {MONNA_L2:g} in the loss",
+            f"momentum = dampening = {MONNA_MOMENTUM}, L2 {MONNA_L2:g} in the loss (the official reproduce.py "
+            "settings, not tuned here)",
             "attacks": "omniscient, colluding (rushing: crafted from the current honest models); alie and foe "
-            "line-search their factor against the aggregation rule in use (official make_attack, 16 evaluations)",
-            "reference": "D-SGD (averaging, same momentum) on the honest peers alone",
+            "line-search their factor against the aggregation rule in use at every step (official make_attack, 16 "
+            "evaluations): the adversary's choice, not the claim's",
+            "reference": "D-SGD (averaging, same momentum) on the honest peers alone, same seeds (paired)",
             "final accuracy (%) by configuration, seed mean": {k: round(v, 2) for k, v in final.items()},
             "exchange": "one all_gather of the flat models per step (two with rushing); each peer hears all n",
             "scale": "measured, CPU, local processes; wall-clock is for all configurations and seeds together",
         },
     )
+    summary = f"attack-free {final['attack-free']:.1f}%; MoNNA/D-SGD % under {per_attack}"
+    if final["attack-free"] < MONNA_LEARNED:
+        return ClaimOutcome(
+            INCONCLUSIVE,
+            f"{summary}: the attack-free run reached only {final['attack-free']:.1f}% (< {MONNA_LEARNED:g}%), too "
+            "short to judge robustness",
+            **evidence,
+        )
+    return ClaimOutcome.judged(summary, judged, **evidence)
 
 
 register(
@@ -209,12 +229,13 @@ register(
         key="monna",
         statement="MoNNA uses Polyak's momentum of local gradients for local updates and nearest-neighbor averaging "
         "(NNA) for global mixing ... We validate our theory by experiments on image classification.",
-        measures="final held-out accuracy of the honest peers (digits MLP, Dirichlet alpha 1 splits) for MoNNA and "
-        "for D-SGD with momentum under each Byzantine attack (sign flip, large norm, mimic, ALIE and FOE aimed at the "
-        "defence), against attack-free D-SGD on the honest peers; n = 10, f = 2 at quick scale",
-        threshold=f"MoNNA within {MONNA_TOLERANCE:g} points of the attack-free accuracy under every attack, and "
-        f"D-SGD below {MONNA_COLLAPSE:g}% under at least one (inconclusive if the attack-free run stays below "
-        f"{MONNA_COLLAPSE:g}%)",
+        measures="final held-out accuracy of the honest peers (digits MLP, Dirichlet alpha 1 splits) for MoNNA under "
+        "each Byzantine attack (sign flip, large norm, mimic, ALIE and FOE aimed at the defence) against attack-free "
+        "D-SGD on the honest peers, paired by seed; D-SGD with momentum (plain averaging) under the same attacks "
+        "reported; n = 10, f = 2 at quick scale",
+        threshold=f"under every attack, MoNNA's accuracy minus the attack-free accuracy: 90% t-interval above "
+        f"-{MONNA_TOLERANCE:g} points (non-inferior); inconclusive if the attack-free run stays below "
+        f"{MONNA_LEARNED:g}%",
         run=monna_claim,
         default=False,
     )
