@@ -27,10 +27,11 @@ def claims_markdown(claims: Iterable[Any]) -> str:
 
 def markdown_table(papers: Iterable[Any]) -> str:
     """The catalogue as a Markdown table (the README's table is this output)."""
-    lines = ["| field | key | status | arXiv | paper |", "|---|---|---|---|---|"]
+    lines = ["| field | key | status | checked against | arXiv | paper |", "|---|---|---|---|---|---|"]
     for p in papers:
         status = p.status + (f" ({p.note})" if p.status == "partial" and p.note else "")
-        lines.append(f"| {p.field} | `{p.key}` | {status} | {p.arxiv or '?'} | {p.title} |")
+        reference = p.reference + (f" ({p.reference_note})" if p.reference_note else "")
+        lines.append(f"| {p.field} | `{p.key}` | {status} | {reference} | {p.arxiv or '?'} | {p.title} |")
     return "\n".join(lines)
 
 
@@ -73,11 +74,11 @@ def _cmd_list(args: argparse.Namespace, console: Console) -> int:
         title=f"thrifty catalogue: {len(papers)} of {len(PAPERS)} papers "
         f"({', '.join(f'{n} {s}' for s, n in counts.items())})"
     )
-    for column in ("field", "key", "status", "arXiv", "title", "import"):
+    for column in ("field", "key", "status", "checked against", "arXiv", "title", "import"):
         table.add_column(column, overflow="fold")
     for p in papers:
         status = f"[{_STATUS_STYLE[p.status]}]{p.status}"
-        table.add_row(p.field, p.key, status, p.arxiv or "?", p.title, p.import_path)
+        table.add_row(p.field, p.key, status, p.reference, p.arxiv or "?", p.title, p.import_path)
     console.print(table)
     return 0
 
