@@ -12,6 +12,8 @@ import ast
 import pkgutil
 from pathlib import Path
 
+import pytest
+
 import thrifty
 
 ROOT = Path(thrifty.__file__).resolve().parent
@@ -73,7 +75,9 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return targets
 
 
-def _graph() -> dict[str, set[str]]:
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    """The package's import graph, read once for the tests below (parsing every module takes about a second)."""
     modules = _modules()
     return {name: _imports(name, path, modules) for name, path in modules.items()}
 
@@ -82,8 +86,7 @@ def _in_layer(module: str, layers: tuple[str, ...]) -> bool:
     return any(module == layer or module.startswith(layer + ".") for layer in layers)
 
 
-def test_the_graph_sees_the_package():
-    graph = _graph()
+def test_the_graph_sees_the_package(graph):
     assert {"thrifty.cli", "thrifty.cli.train", "thrifty.bench.runner", "thrifty.optim.soap"} <= set(graph)
     assert (
         "thrifty.schedules" in graph["thrifty.cli.train"] or "thrifty.schedules.factory" in graph["thrifty.cli.train"]
@@ -91,9 +94,9 @@ def test_the_graph_sees_the_package():
     assert "thrifty.bench.claims" in graph["thrifty.cli.bench"]
 
 
-def test_the_library_never_imports_the_cli_or_the_bench():
+def test_the_library_never_imports_the_cli_or_the_bench(graph):
     offenders = []
-    for module, targets in _graph().items():
+    for module, targets in graph.items():
         if module == ENTRY_POINT:
             continue
         allowed = next((TOP_LAYERS[: i + 1] for i, layer in enumerate(TOP_LAYERS) if _in_layer(module, (layer,))), ())
@@ -103,8 +106,7 @@ def test_the_library_never_imports_the_cli_or_the_bench():
     assert not sorted(offenders), "\n".join(sorted(offenders))
 
 
-def test_no_import_cycles():
-    graph = _graph()
+def test_no_import_cycles(graph):
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []

@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
-from official_mlp import F64, NAMES, assert_resume_is_bit_identical, build_optimizer, load, negated, problem, train
 
 from thrifty.optim._core import state_bytes
 from thrifty.optim.diffgrad import DiffGrad, friction
+
+F64 = torch.float64
 
 
 def _sig(x: float) -> float:
@@ -18,12 +19,14 @@ def _sig(x: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def official() -> dict:
-    return load("diffgrad_official.json")
+def official(official_mlp) -> dict:
+    return official_mlp.load("diffgrad_official.json")
 
 
-def _optimizer(official: dict, params: list[torch.Tensor], **extra) -> DiffGrad:
-    return build_optimizer(DiffGrad, official, params, **extra)
+@pytest.fixture
+def optimizer(official_mlp, official: dict):
+    """``optimizer(params, **extra)``: DiffGrad over the fixture's two param groups."""
+    return lambda params, **extra: official_mlp.build_optimizer(DiffGrad, official, params, **extra)
 
 
 @pytest.mark.parametrize("foreach", [False, True])
@@ -81,20 +84,20 @@ def test_constant_gradient_is_adam_at_half_lr_after_step_one(foreach: bool) -> N
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-def test_matches_official_trajectory(official: dict, foreach: bool) -> None:
-    params, loss_fn = problem(official)
-    trajectory = train(_optimizer(official, params, foreach=foreach), params, loss_fn, official["steps"])
+def test_matches_official_trajectory(official: dict, foreach: bool, official_mlp, optimizer) -> None:
+    params, loss_fn = official_mlp.problem(official)
+    trajectory = official_mlp.train(optimizer(params, foreach=foreach), params, loss_fn, official["steps"])
     for mine, theirs in zip(trajectory, official["trajectory"], strict=True):
-        for name, p in zip(NAMES, mine, strict=True):
+        for name, p in zip(official_mlp.NAMES, mine, strict=True):
             torch.testing.assert_close(p, torch.tensor(theirs[name], dtype=F64), rtol=1e-9, atol=1e-12)
 
 
-def test_foreach_equals_reference(official: dict) -> None:
+def test_foreach_equals_reference(official: dict, official_mlp, optimizer) -> None:
     runs = []
     for foreach in (False, True):
-        params, loss_fn = problem(official)
-        opt = _optimizer(official, params, foreach=foreach, maximize=False)
-        runs.append(train(opt, params, loss_fn, 20))
+        params, loss_fn = official_mlp.problem(official)
+        opt = optimizer(params, foreach=foreach, maximize=False)
+        runs.append(official_mlp.train(opt, params, loss_fn, 20))
     for a, b in zip(*runs, strict=True):
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-12, atol=0)
@@ -131,32 +134,32 @@ def test_previous_grad_is_a_copy_including_weight_decay(foreach: bool) -> None:
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-def test_resume_from_state_dict_is_bit_identical(official: dict, foreach: bool) -> None:
-    assert_resume_is_bit_identical(DiffGrad, official, foreach=foreach)
+def test_resume_from_state_dict_is_bit_identical(official: dict, foreach: bool, official_mlp) -> None:
+    official_mlp.assert_resume_is_bit_identical(DiffGrad, official, foreach=foreach)
 
 
-def test_loads_a_state_dict_without_the_extra_options(official: dict) -> None:
+def test_loads_a_state_dict_without_the_extra_options(official: dict, official_mlp, optimizer) -> None:
     """The official class saves no ``foreach``/``maximize``; such a state dict still loads and runs."""
-    params, loss_fn = problem(official)
-    opt = _optimizer(official, params)
-    train(opt, params, loss_fn, 3)
+    params, loss_fn = official_mlp.problem(official)
+    opt = optimizer(params)
+    official_mlp.train(opt, params, loss_fn, 3)
     state_dict = copy.deepcopy(opt.state_dict())
     for group in state_dict["param_groups"]:
         del group["foreach"], group["maximize"]
-    fresh = _optimizer(official, params)
+    fresh = optimizer(params)
     fresh.load_state_dict(state_dict)
     assert all(g["foreach"] is None and g["maximize"] is False for g in fresh.param_groups)
     assert fresh.state[params[0]]["step"] == 3
-    train(fresh, params, loss_fn, 1)
+    official_mlp.train(fresh, params, loss_fn, 1)
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-def test_maximize_equals_minimizing_the_negated_loss(official: dict, foreach: bool) -> None:
+def test_maximize_equals_minimizing_the_negated_loss(official: dict, foreach: bool, official_mlp, optimizer) -> None:
     runs = []
     for maximize in (False, True):
-        params, loss_fn = problem(official)
-        opt = _optimizer(official, params, foreach=foreach, maximize=maximize)
-        runs.append(train(opt, params, negated(loss_fn) if maximize else loss_fn, 10))
+        params, loss_fn = official_mlp.problem(official)
+        opt = optimizer(params, foreach=foreach, maximize=maximize)
+        runs.append(official_mlp.train(opt, params, official_mlp.negated(loss_fn) if maximize else loss_fn, 10))
     for a, b in zip(*runs, strict=True):
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-14, atol=0)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lowbit_problem import deviation, load_fixture, run
-from test_adam8bit import FUSED_MODES, _fused_mode, _step_alike
 
 from thrifty.compress.quant import dynamic_map
 from thrifty.optim import SGD8bit, state_bytes
@@ -80,22 +78,22 @@ def test_fast_path_equals_reference(monkeypatch):
     assert torch.equal(a.state[ours[0]]["state1"], b.state[ref[0]]["state1"])
 
 
-def test_close_to_bitsandbytes_fixture():
-    fixture = load_fixture()
+def test_close_to_bitsandbytes_fixture(lowbit_problem):
+    fixture = lowbit_problem.load_fixture()
     spec = fixture["runs"]["sgd8bit"]
-    losses, params, opt = run(lambda ps: SGD8bit(ps, **spec["kwargs"]), fixture["steps"])
-    loss_gap, param_gap = deviation(spec, losses, params, fixture["subsample"])
+    losses, params, opt = lowbit_problem.run(lambda ps: SGD8bit(ps, **spec["kwargs"]), fixture["steps"])
+    loss_gap, param_gap = lowbit_problem.deviation(spec, losses, params, fixture["subsample"])
     assert loss_gap <= 1e-4 and param_gap <= 2e-3  # measured 2.6e-5 and 6.6e-4
     w1 = opt.param_groups[0]["params"][0]
     assert opt.state[w1]["state1"].dtype == torch.uint8
     assert state_bytes(opt) < 0.3 * 4 * sum(p.numel() for p in params)
 
 
-def test_close_to_bitsandbytes_live():
+def test_close_to_bitsandbytes_live(lowbit_problem):
     bnb = pytest.importorskip("bitsandbytes")
-    kwargs = load_fixture()["runs"]["sgd8bit"]["kwargs"]
-    ref_losses, ref_params, _ = run(lambda ps: bnb.optim.SGD8bit(ps, **kwargs), 30)
-    losses, params, _ = run(lambda ps: SGD8bit(ps, **kwargs), 30)
+    kwargs = lowbit_problem.load_fixture()["runs"]["sgd8bit"]["kwargs"]
+    ref_losses, ref_params, _ = lowbit_problem.run(lambda ps: bnb.optim.SGD8bit(ps, **kwargs), 30)
+    losses, params, _ = lowbit_problem.run(lambda ps: SGD8bit(ps, **kwargs), 30)
     assert max(abs(a - b) / b for a, b in zip(losses, ref_losses, strict=True)) <= 1e-4
     ours, theirs = torch.cat([p.reshape(-1) for p in params]), torch.cat([p.reshape(-1) for p in ref_params])
     assert ((ours - theirs).norm() / theirs.norm()).item() <= 2e-3
@@ -126,16 +124,14 @@ def test_bad_arguments(kwargs, match):
         SGD8bit([torch.zeros(3, requires_grad=True)], **kwargs)
 
 
-@pytest.mark.parametrize("mode", FUSED_MODES)
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_fused_paths_bit_identical_to_eager(monkeypatch, mode, nesterov):
+def test_fused_paths_bit_identical_to_eager(nesterov, fused_mode, lowbit_paths):
     """fused=True equals the reference: the native kernel, and (THRIFTY_NATIVE=0) one compile of 16 whole
     blocks with a partial block run eagerly (the 9-element buffer stays in 32 bit: torch's fused SGD)."""
-    _fused_mode(monkeypatch, mode)
     shapes = [(64, 64), (4196,), (9,)]
     g = torch.Generator().manual_seed(0)
     compiled = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
     eager = [torch.nn.Parameter(p.detach().clone()) for p in compiled]
     kwargs = dict(lr=0.05, momentum=0.9, dampening=0.0 if nesterov else 0.1, weight_decay=0.01, nesterov=nesterov)
     a, b = SGD8bit(compiled, fused=True, **kwargs), SGD8bit(eager, fused=False, **kwargs)
-    _step_alike(a, compiled, b, eager, 20, _grads)
+    lowbit_paths.step_alike(a, compiled, b, eager, 20, _grads)

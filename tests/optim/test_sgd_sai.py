@@ -8,19 +8,22 @@ import warnings
 
 import pytest
 import torch
-from official_mlp import F64, NAMES, assert_resume_is_bit_identical, build_optimizer, load, negated, problem, train
 
 from thrifty.optim._core import state_bytes
 from thrifty.optim.sgd_sai import SGDSaI, gsnr
 
+F64 = torch.float64
+
 
 @pytest.fixture(scope="module")
-def official() -> dict:
-    return load("sgd_sai_official.json")
+def official(official_mlp) -> dict:
+    return official_mlp.load("sgd_sai_official.json")
 
 
-def _optimizer(official: dict, params: list[torch.Tensor], **extra) -> SGDSaI:
-    return build_optimizer(SGDSaI, official, params, **extra)
+@pytest.fixture
+def optimizer(official_mlp, official: dict):
+    """``optimizer(params, **extra)``: SGDSaI over the fixture's two param groups."""
+    return lambda params, **extra: official_mlp.build_optimizer(SGDSaI, official, params, **extra)
 
 
 def _force_gsnr(opt: SGDSaI, value: float) -> None:
@@ -61,38 +64,40 @@ def test_three_hand_computed_steps(foreach: bool) -> None:
 
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_unit_gsnr_without_decay_is_ema_momentum_sgd(official: dict, foreach: bool, momentum: float) -> None:
-    params, loss_fn = problem(official)
+def test_unit_gsnr_without_decay_is_ema_momentum_sgd(
+    official: dict, foreach: bool, momentum: float, official_mlp
+) -> None:
+    params, loss_fn = official_mlp.problem(official)
     opt = SGDSaI(params, lr=0.05, momentum=momentum, weight_decay=0.0, foreach=foreach)
     _force_gsnr(opt, 1.0)
-    mine = train(opt, params, loss_fn, 15)
+    mine = official_mlp.train(opt, params, loss_fn, 15)
     assert all(("momentum_buffer" in opt.state[p]) == (momentum != 0) for p in params)
 
-    params, loss_fn = problem(official)
+    params, loss_fn = official_mlp.problem(official)
     # torch's SGD starts the buffer at g and then applies buf = mu * buf + (1 - dampening) g.
     sgd = torch.optim.SGD(params, lr=0.05, momentum=momentum, dampening=momentum)
-    theirs = train(sgd, params, loss_fn, 15)
+    theirs = official_mlp.train(sgd, params, loss_fn, 15)
     for a, b in zip(mine, theirs, strict=True):
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-def test_matches_official_trajectory(official: dict, foreach: bool) -> None:
-    params, loss_fn = problem(official)
-    trajectory = train(_optimizer(official, params, foreach=foreach), params, loss_fn, official["steps"])
+def test_matches_official_trajectory(official: dict, foreach: bool, official_mlp, optimizer) -> None:
+    params, loss_fn = official_mlp.problem(official)
+    trajectory = official_mlp.train(optimizer(params, foreach=foreach), params, loss_fn, official["steps"])
     for mine, theirs in zip(trajectory, official["trajectory"], strict=True):
-        for name, p in zip(NAMES, mine, strict=True):
+        for name, p in zip(official_mlp.NAMES, mine, strict=True):
             torch.testing.assert_close(p, torch.tensor(theirs[name], dtype=F64), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_foreach_equals_reference(official: dict, momentum: float) -> None:
+def test_foreach_equals_reference(official: dict, momentum: float, official_mlp, optimizer) -> None:
     runs = []
     for foreach in (False, True):
-        params, loss_fn = problem(official)
-        opt = _optimizer(official, params, foreach=foreach, momentum=momentum)
-        runs.append(train(opt, params, loss_fn, 20))
+        params, loss_fn = official_mlp.problem(official)
+        opt = optimizer(params, foreach=foreach, momentum=momentum)
+        runs.append(official_mlp.train(opt, params, loss_fn, 20))
     for a, b in zip(*runs, strict=True):
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x, y)  # the same operations in the same order: bit for bit
@@ -195,35 +200,35 @@ def test_closure_is_evaluated_once() -> None:
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-def test_resume_from_state_dict_is_bit_identical(official: dict, foreach: bool) -> None:
-    assert_resume_is_bit_identical(SGDSaI, official, foreach=foreach)
+def test_resume_from_state_dict_is_bit_identical(official: dict, foreach: bool, official_mlp) -> None:
+    official_mlp.assert_resume_is_bit_identical(SGDSaI, official, foreach=foreach)
 
 
-def test_loads_an_official_format_state_dict(official: dict) -> None:
+def test_loads_an_official_format_state_dict(official: dict, official_mlp, optimizer) -> None:
     """The official class stores g-SNR as a 0-dim tensor and saves no ``foreach``/``maximize``."""
-    params, loss_fn = problem(official)
-    opt = _optimizer(official, params)
-    train(opt, params, loss_fn, 3)
+    params, loss_fn = official_mlp.problem(official)
+    opt = optimizer(params)
+    official_mlp.train(opt, params, loss_fn, 3)
     state_dict = copy.deepcopy(opt.state_dict())
     for group in state_dict["param_groups"]:
         del group["foreach"], group["maximize"]
     for param_state in state_dict["state"].values():
         param_state["gsnr"] = torch.tensor(param_state["gsnr"], dtype=F64)
     expected = [opt.state[p]["gsnr"] for p in params]
-    fresh = _optimizer(official, params)
+    fresh = optimizer(params)
     fresh.load_state_dict(state_dict)
     assert [fresh.state[p]["gsnr"] for p in params] == expected
     assert all(g["foreach"] is None and g["maximize"] is False for g in fresh.param_groups)
-    train(fresh, params, loss_fn, 1)
+    official_mlp.train(fresh, params, loss_fn, 1)
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-def test_maximize_equals_minimizing_the_negated_loss(official: dict, foreach: bool) -> None:
+def test_maximize_equals_minimizing_the_negated_loss(official: dict, foreach: bool, official_mlp, optimizer) -> None:
     runs = []
     for maximize in (False, True):
-        params, loss_fn = problem(official)
-        opt = _optimizer(official, params, foreach=foreach, maximize=maximize)
-        runs.append(train(opt, params, negated(loss_fn) if maximize else loss_fn, 10))
+        params, loss_fn = official_mlp.problem(official)
+        opt = optimizer(params, foreach=foreach, maximize=maximize)
+        runs.append(official_mlp.train(opt, params, official_mlp.negated(loss_fn) if maximize else loss_fn, 10))
     for a, b in zip(*runs, strict=True):
         for x, y in zip(a, b, strict=True):
             torch.testing.assert_close(x, y, rtol=1e-14, atol=0)

@@ -4,7 +4,6 @@ import itertools
 import random
 
 import pytest
-from fake_executor import run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,7 +80,7 @@ def _synthetic(num_prefixes, per_group, prefix_len, suffix_len, trunk_len=0, see
 
 
 @pytest.mark.parametrize("shape", [(4, 3, 32, 5), (6, 8, 64, 1), (1, 5, 16, 3)])
-def test_token_saving_ratio_is_analytic_and_realised(shape):
+def test_token_saving_ratio_is_analytic_and_realised(shape, fake_executor):
     groups, k, prefix_len, suffix_len = shape
     reqs = _synthetic(groups, k, prefix_len, suffix_len)
     bm = BlockManager(400, block_size=16)
@@ -93,7 +92,7 @@ def test_token_saving_ratio_is_analytic_and_realised(shape):
     assert sorted(g.prefix_len for g in planned) == [prefix_len] * groups
     ratios = [g.decode_ratio for g in planned]
     assert ratios == sorted(ratios, reverse=True)  # decode-heavy groups first
-    run(sched, reqs)
+    fake_executor(sched, reqs)
     assert sched.realized_saved_tokens == expected
     assert bm.num_cached_blocks == 0  # sharing is planned: nothing is left in an LRU cache
 
@@ -177,13 +176,13 @@ def test_abort_every_member_frees_the_prefix():
     assert not sched.has_unfinished()
 
 
-def test_unplanned_requests_are_planned_at_the_next_step():
+def test_unplanned_requests_are_planned_at_the_next_step(fake_executor):
     bm = BlockManager(50, block_size=4)
     sched = BatchLLMScheduler(bm, SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=8))
     reqs = [Request(f"r{i}", [1, 2, 3, 4, 5, 6, 7, 8, i], 2) for i in range(3)]
     for r in reqs:
         sched.add_request(r)
     sched.abort("r2")
-    run(sched, reqs[:2])
+    fake_executor(sched, reqs[:2])
     assert sched.planned_saved_tokens == 8 and reqs[2].finish_reason == "abort"
     assert len(list(itertools.chain.from_iterable(g.members for g in sched.groups))) == 2

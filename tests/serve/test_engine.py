@@ -12,7 +12,6 @@ import torch
 
 from thrifty.serve import SCHEDULERS, SchedulerConfig
 from thrifty.serve.engine import LLM, AsyncLLMEngine, LLMEngine
-from thrifty.serve.model.llama import LlamaConfig, LlamaForCausalLM
 from thrifty.serve.model.loader import TextTokenizer, save_pretrained
 from thrifty.serve.model.testing import byte_tokenizer
 from thrifty.serve.sampling import SamplingParams
@@ -21,29 +20,9 @@ VOCAB = 67
 BS = 4
 
 
-def tiny_model(vocab=VOCAB, eos=None, context=96, dtype=torch.float64) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=context,
-        eos_token_id=eos,
-    )
-    model = LlamaForCausalLM(config).to(dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.4)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
-def model():
-    return tiny_model()
+def model(tiny_llama):
+    return tiny_llama(VOCAB)
 
 
 def greedy_reference(model, prompt, n):
@@ -112,9 +91,9 @@ def test_seeded_sampling_is_reproducible_across_batching(model):
 
 
 @pytest.fixture(scope="module")
-def text_engine_parts():
+def text_engine_parts(tiny_llama):
     tok = byte_tokenizer()
-    return tiny_model(vocab=tok.vocab_size, eos=0), tok
+    return tiny_llama(tok.vocab_size, eos=0), tok
 
 
 def stream(engine, prompt, params):

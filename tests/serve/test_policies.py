@@ -1,7 +1,6 @@
 """Each policy's rule on hand-built situations, errors for bad input, and abort in every state."""
 
 import pytest
-from fake_executor import run
 
 from thrifty.serve import SCHEDULERS, BlockManager, Request, RequestStatus, SchedulerConfig, create_scheduler
 from thrifty.serve.sched.sarathi_serve import dynamic_chunk_sizes
@@ -128,11 +127,11 @@ def test_sarathi_serve_recomputes_prompt_and_outputs_after_preemption():
     assert b.num_output_tokens == 3 and b.num_preemptions == 1
 
 
-def test_max_num_seqs_caps_running_requests():
+def test_max_num_seqs_caps_running_requests(fake_executor):
     for policy in ("prefill_first", "orca", "sarathi", "sarathi_serve", "batchllm"):
         s = _sched(policy, max_num_batched_tokens=64, max_num_seqs=2)
         reqs = [Request(f"r{i}", _prompt(5, 10 * i), 4) for i in range(5)]
-        run(s, reqs)
+        fake_executor(s, reqs)
         assert all(r.finish_reason == "length" for r in reqs)
 
 

@@ -2,7 +2,6 @@
 
 import random
 
-from fake_executor import run
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -59,10 +58,10 @@ def workloads(draw, policy):
     return bm, cfg, reqs, arrivals
 
 
-def _check_policy(policy, data, eos, abort_prob):
+def _check_policy(fake_executor, policy, data, eos, abort_prob):
     bm, cfg, reqs, arrivals = data
     sched = create_scheduler(policy, bm, cfg)
-    stats = run(sched, reqs, arrivals, seed=len(reqs), eos=eos, abort_prob=abort_prob)
+    stats = fake_executor(sched, reqs, arrivals, seed=len(reqs), eos=eos, abort_prob=abort_prob)
     if policy == "sarathi":
         assert stats["max_prefill_chunks"] <= 1
     event("preempted" if stats["preemptions"] else "no preemption")
@@ -73,8 +72,8 @@ def _check_policy(policy, data, eos, abort_prob):
 def _policy_test(policy):
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(data=workloads(policy), eos=st.booleans(), abort_prob=st.sampled_from([0.0, 0.05]))
-    def test(data, eos, abort_prob):
-        _check_policy(policy, data, eos, abort_prob)
+    def test(fake_executor, data, eos, abort_prob):
+        _check_policy(fake_executor, policy, data, eos, abort_prob)
 
     test.__name__ = f"test_{policy}_invariants"
     return test
@@ -91,7 +90,7 @@ def test_every_policy_is_tested():
     assert set(SCHEDULERS) == {"prefill_first", "orca", "sarathi", "sarathi_serve", "batchllm"}
 
 
-def test_heavy_preemption_loses_nothing():
+def test_heavy_preemption_loses_nothing(fake_executor):
     """Twenty requests on a pool that holds little more than one: every chunking policy preempts and finishes all."""
     rng = random.Random(3)
     for policy in ("prefill_first", "sarathi", "sarathi_serve", "batchllm"):
@@ -101,7 +100,7 @@ def test_heavy_preemption_loses_nothing():
         ]
         bm = BlockManager(7, block_size=4, watermark=0.0)
         sched = create_scheduler(policy, bm, SchedulerConfig(max_num_batched_tokens=32, max_num_seqs=8))
-        stats = run(sched, reqs)
+        stats = fake_executor(sched, reqs)
         assert all(r.finish_reason == "length" for r in reqs)
         if policy != "batchllm":  # BatchLLM's projected admission avoids preemption altogether
             assert stats["preemptions"] > 0, policy
@@ -121,7 +120,7 @@ def test_heavy_preemption_loses_nothing():
     budget=st.integers(8, 40),
     chunk=st.none() | st.integers(1, 8),
 )
-def test_outputs_identical_whatever_the_policy(prompts, block_size, spare_blocks, budget, chunk):
+def test_outputs_identical_whatever_the_policy(prompts, block_size, spare_blocks, budget, chunk, fake_executor):
     """Greedy outputs (a function of the KV read through the block tables) do not depend on the policy, the
     chunking, prefix caching or preemption."""
     shared = [[1, 2, 3, 1, 2, 3, 1, 2], [3, 3, 2, 2, 1, 1], []]
@@ -133,6 +132,6 @@ def test_outputs_identical_whatever_the_policy(prompts, block_size, spare_blocks
             bm = BlockManager(-(-longest // block_size) + spare_blocks, block_size, caching, watermark=0.0)
             cfg = SchedulerConfig(max_num_batched_tokens=max(budget, longest), max_num_seqs=4, chunk_size=chunk)
             reqs = [Request(f"r{i}", p, m) for i, (p, m) in enumerate(specs)]
-            run(create_scheduler(policy, bm, cfg), reqs, eos=True)
+            fake_executor(create_scheduler(policy, bm, cfg), reqs, eos=True)
             results.append([r.output_token_ids for r in reqs])
     assert all(outputs == results[0] for outputs in results)

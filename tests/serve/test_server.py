@@ -13,7 +13,6 @@ import httpx
 import openai
 import pytest
 import torch
-from test_engine import tiny_model
 
 from thrifty.cli import main
 from thrifty.serve import SchedulerConfig
@@ -27,9 +26,9 @@ NAME = "tiny-test"
 
 
 @pytest.fixture(scope="module")
-def served():
+def served(tiny_llama):
     tok = byte_tokenizer()
-    model = tiny_model(tok.vocab_size, eos=0, context=CONTEXT, dtype=torch.float32)
+    model = tiny_llama(tok.vocab_size, eos=0, context=CONTEXT, dtype=torch.float32)
     config = SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=16)
     engine = AsyncLLMEngine(LLMEngine(model, tok, "sarathi_serve", config, num_blocks=96))
     server, url = serve_in_thread(engine, NAME)
@@ -234,11 +233,11 @@ def test_metrics_are_prometheus_text_with_the_serving_figures(served, client):
     assert scrape(url)[errors] == before.get(errors, 0) + 1
 
 
-def test_thrifty_serve_builds_its_engine_from_a_local_checkpoint(tmp_path):
+def test_thrifty_serve_builds_its_engine_from_a_local_checkpoint(tmp_path, tiny_llama):
     from thrifty.serve.builder import build_engine, served_model_name
 
     tok = byte_tokenizer()
-    model = tiny_model(tok.vocab_size, eos=0, context=CONTEXT, dtype=torch.float32)
+    model = tiny_llama(tok.vocab_size, eos=0, context=CONTEXT, dtype=torch.float32)
     save_pretrained(model, tok, tmp_path)
     engine = build_engine(tmp_path, "prefill_first", budget=32, max_num_seqs=8, num_blocks=40)
     assert served_model_name(tmp_path) == tmp_path.name and engine.scheduler.name == "prefill_first"
@@ -261,11 +260,11 @@ def test_disconnect_while_waiting_for_a_non_streaming_answer_aborts(served, slow
     assert wait_for(lambda: scrape(url)["thrifty_requests_aborted_total"] == aborted + 1)
 
 
-def test_health_is_503_once_the_engine_loop_failed():
+def test_health_is_503_once_the_engine_loop_failed(tiny_llama):
     from fastapi.testclient import TestClient
 
     tok = byte_tokenizer()
-    llm = LLMEngine(tiny_model(tok.vocab_size, eos=0, context=CONTEXT, dtype=torch.float32), tok, num_blocks=16)
+    llm = LLMEngine(tiny_llama(tok.vocab_size, eos=0, context=CONTEXT, dtype=torch.float32), tok, num_blocks=16)
 
     def broken_step():
         raise RuntimeError("the model failed")

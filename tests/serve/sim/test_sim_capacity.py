@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_cost import LinearCost
 
 from thrifty.serve.sim.capacity import SimulatedLoad, capacity_search, strict_tbt_slo
 from thrifty.serve.sim.cost_model import CostModel
@@ -26,14 +25,14 @@ def test_finds_a_known_threshold():
 
 
 @pytest.mark.parametrize("policy", ["sarathi_serve", "prefill_first"])
-def test_monotone_consistent_on_a_synthetic_cost_model(policy):
+def test_monotone_consistent_on_a_synthetic_cost_model(policy, linear_cost):
     rng = np.random.default_rng(0)
     gaps = rng.exponential(1.0, size=40)
     specs = [
         RequestSpec(tuple(range(int(rng.integers(8, 60)))), int(rng.integers(2, 10)), float(t)) for t in np.cumsum(gaps)
     ]
     config = default_config(policy, token_budget=32, max_num_seqs=16, max_seq_len=80)
-    load = SimulatedLoad(Simulator(LinearCost(), policy, config, num_blocks=200, block_size=8), specs)
+    load = SimulatedLoad(Simulator(linear_cost, policy, config, num_blocks=200, block_size=8), specs)
     loose = capacity_search(load, tbt_slo=3.0, start_qps=0.2, max_iterations=10)
     strict = capacity_search(load, tbt_slo=1.5, start_qps=0.2, max_iterations=10)
     for result in (loose, strict):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from synthetic_cost import LinearCost
 
 from thrifty.serve.sched import SCHEDULERS, SchedulerConfig
 from thrifty.serve.sim.cost_model import CostModel
@@ -12,17 +11,17 @@ from thrifty.serve.sim.simulator import Simulator, default_config, kv_cache_bloc
 from thrifty.serve.sim.workloads import RequestSpec
 
 
-def test_kv_capacity_by_hand():
+def test_kv_capacity_by_hand(linear_cost):
     blocks = kv_cache_blocks(CostModel("llama2-7b", "a100"))
     assert blocks == int((80 * 2**30 * 0.9 - 2 * 6_738_415_616) // (16 * 512 * 1024))
     with pytest.raises(ValueError, match="do not fit"):
         kv_cache_blocks(CostModel("llama2-70b", "a6000"))
     with pytest.raises(ValueError, match="unknown scheduler"):
-        Simulator(LinearCost(), "no_such_policy", num_blocks=8)
+        Simulator(linear_cost, "no_such_policy", num_blocks=8)
 
 
 @pytest.mark.parametrize("policy", sorted(SCHEDULERS))
-def test_every_request_finishes_with_all_its_tokens(policy):
+def test_every_request_finishes_with_all_its_tokens(policy, linear_cost):
     rng = np.random.default_rng(0)
     specs = [
         RequestSpec(tuple(rng.integers(1, 50, size=int(rng.integers(3, 40))).tolist()), int(rng.integers(1, 12)), t)
@@ -30,7 +29,7 @@ def test_every_request_finishes_with_all_its_tokens(policy):
     ]
     config = default_config(policy, token_budget=32, max_num_seqs=8, max_seq_len=64)
     # a small pool forces preemptions for the policies that can preempt
-    result = Simulator(LinearCost(), policy, config, num_blocks=24, block_size=4, enable_prefix_caching=True).run(specs)
+    result = Simulator(linear_cost, policy, config, num_blocks=24, block_size=4, enable_prefix_caching=True).run(specs)
     assert result.num_requests == len(specs)
     assert sorted(result.output_tokens) == sorted(s.max_tokens for s in specs)
     assert result.tbt.size == sum(s.max_tokens - 1 for s in specs)
@@ -42,13 +41,13 @@ def test_every_request_finishes_with_all_its_tokens(policy):
     )
 
 
-def test_two_requests_by_hand():
+def test_two_requests_by_hand(linear_cost):
     """sarathi_serve, budget 4, blocks of 4: A (6 prompt tokens, 3 outputs) at t=0, B (2 tokens, 2 outputs) at 1.5.
     Steps (1 s + 10 ms per token): [A 4 prefill] -> 1.04; [A 2 prefill, samples] -> 2.06; B arrives;
     [A decode, B 2 prefill] -> 3.09; [A decode, B decode] -> 4.11, both finish."""
     specs = [RequestSpec((1, 2, 3, 4, 5, 6), 3, 0.0), RequestSpec((7, 8), 2, 1.5)]
     config = SchedulerConfig(max_num_batched_tokens=4, max_num_seqs=2)
-    r = Simulator(LinearCost(), "sarathi_serve", config, num_blocks=16, block_size=4).run(specs)
+    r = Simulator(linear_cost, "sarathi_serve", config, num_blocks=16, block_size=4).run(specs)
     np.testing.assert_allclose(r.batch_tokens, [4, 2, 3, 2])
     np.testing.assert_allclose(r.ttft, [2.06, 3.09 - 1.5])
     np.testing.assert_allclose(r.scheduling_delay, [0.0, 2.06 - 1.5])
