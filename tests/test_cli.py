@@ -126,6 +126,7 @@ def test_train_non_finite_loss_is_recorded_not_a_crash(tmp_path, capsys):
     assert "stopped" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_writes_results_report_and_plots(tmp_path):
     assert main(["bench", "diffgrad", "--scale", "smoke", "--seeds", "2", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
@@ -136,6 +137,7 @@ def test_bench_writes_results_report_and_plots(tmp_path):
     assert (tmp_path / "diffgrad.png").exists()
 
 
+@pytest.mark.slow
 def test_module_entry_point():
     import subprocess
 
@@ -143,6 +145,7 @@ def test_module_entry_point():
     assert result.returncode == 0 and len(json.loads(result.stdout)) == 63
 
 
+@pytest.mark.slow
 def test_readme_python_examples_run(tmp_path, monkeypatch):
     import re
 
@@ -156,6 +159,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert namespace["accuracy"] > 0.8
 
 
+@pytest.mark.slow
 def test_train_schedules_and_refinement_from_a_previous_run(tmp_path, capsys):
     first = tmp_path / "linear"
     argv = [

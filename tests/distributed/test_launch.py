@@ -17,10 +17,12 @@ def _fail_on_one(rank: int, world_size: int) -> None:
     dist.barrier()
 
 
+@pytest.mark.slow
 def test_spawn_returns_each_rank_value_in_order():
     assert spawn(_sum_ranks, 3, 2.0) == [6.0, 6.0, 6.0]
 
 
+@pytest.mark.slow
 def test_a_failing_rank_raises_with_its_traceback_instead_of_hanging():
     with pytest.raises(RuntimeError, match="boom on rank one"):
         spawn(_fail_on_one, 2, timeout_s=60)
@@ -35,6 +37,7 @@ def _rank_tensor(rank: int, world_size: int) -> torch.Tensor:
     return torch.full((3,), float(rank))
 
 
+@pytest.mark.slow
 def test_ranks_may_return_tensors():
     a, b = spawn(_rank_tensor, 2)
     assert torch.equal(a, torch.zeros(3)) and torch.equal(b, torch.ones(3))

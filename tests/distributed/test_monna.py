@@ -98,12 +98,14 @@ def results() -> list[dict]:
     return spawn(_scenarios, N, timeout_s=240)
 
 
+@pytest.mark.slow
 def test_f0_equals_momentum_sgd_with_model_averaging_on_heterogeneous_data(results):
     expected, _ = _momentum_sgd_reference([_data(r) for r in range(N)], lambda xs: xs.mean(0))
     for rank in range(N):
         np.testing.assert_allclose(results[rank]["f0_heterogeneous"], expected[rank], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_sign_flipping_peer_leaves_the_honest_peers_identical_to_attack_free_momentum_sgd(results):
     expected, last_half_steps = _momentum_sgd_reference([_data(0)], lambda xs: xs.mean(0))
     honest = [results[r]["nna_sign_flip"] for r in range(N - 1)]
@@ -116,12 +118,14 @@ def test_a_sign_flipping_peer_leaves_the_honest_peers_identical_to_attack_free_m
     assert np.linalg.norm(results[N - 1]["nna_large_norm_stale"][-1]) > 50 * np.linalg.norm(expected[0])
 
 
+@pytest.mark.slow
 def test_plain_averaging_is_dragged_by_the_sign_flipping_peer(results):
     # honest copies x, x, x and the Byzantine -x average to x / 2 at every step
     expected, _ = _momentum_sgd_reference([_data(0)], lambda xs: xs.mean(0) / 2)
     np.testing.assert_allclose(results[0]["mean_sign_flip"], expected[0], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bad_settings_raise_clear_errors_on_every_rank_without_desynchronising(results):
     for rank in range(N):
         assert "cannot tolerate f = 2" in results[rank]["f_too_large"]

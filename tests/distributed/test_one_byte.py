@@ -48,6 +48,7 @@ def four_processes():
     return spawn(_replica_run, 4, 100, timeout_s=240)
 
 
+@pytest.mark.slow
 def test_replicas_stay_bit_identical_after_100_steps_on_4_processes(four_processes):
     flats = torch.tensor([r[0] for r in four_processes])
     assert (flats - flats[0]).abs().max().item() == 0.0
@@ -55,6 +56,7 @@ def test_replicas_stay_bit_identical_after_100_steps_on_4_processes(four_process
     assert sum(r[2] for r in four_processes) < sum(r[1] for r in four_processes)  # the shared model improved
 
 
+@pytest.mark.slow
 def test_agreement_is_one_collective_and_mismatched_seeds_fail_on_every_rank_at_construction(four_processes):
     assert [r[4] for r in four_processes] == [1, 1, 1, 1]
     expected = "shared seed differs across ranks: rank 0 has 1, rank 1 has 1, rank 2 has 3, rank 3 has 1"

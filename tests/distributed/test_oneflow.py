@@ -70,6 +70,7 @@ def two_process_results() -> list[dict]:
     return spawn(_all_checks, 2)
 
 
+@pytest.mark.slow
 def test_every_boxing_keeps_the_logical_tensor_and_its_gradient(two_process_results):
     for result in two_process_results:
         errors = result["boxing"]
@@ -90,6 +91,7 @@ def _matmul_signatures(rank: int, world: int) -> dict[str, tuple[str, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_dtensor_propagation_agrees_with_the_matmul_signature_table(two_process_results):
     results = two_process_results[0]["matmul"]
     for (a, b), expected in MATMUL_SIGNATURES.items():
@@ -145,6 +147,7 @@ def _indivisible(rank: int, world: int) -> str:
     return "no error"
 
 
+@pytest.mark.slow
 def test_indivisible_split_raises_before_communication(two_process_results):
     assert all("cannot split axis 0" in r["indivisible"] for r in two_process_results)
 
@@ -170,5 +173,6 @@ def _tp_mlp(rank: int, world: int) -> float:
     return max(e.item() for e in errors)
 
 
+@pytest.mark.slow
 def test_tensor_parallel_mlp_matches_single_process(two_process_results):
     assert max(r["tp_mlp"] for r in two_process_results) < 1e-12

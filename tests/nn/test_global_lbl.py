@@ -86,6 +86,7 @@ def _rank_loss(rank: int, world: int) -> tuple[float, list[float], int]:
     )
 
 
+@pytest.mark.slow
 def test_two_ranks_equal_one_process_on_the_concatenated_global_batch():
     results = spawn(_rank_loss, 2)
     everything = [_routing(10 * r + s, 12, skew=2.0 * r) for r in range(2) for s in range(2)]

@@ -92,6 +92,7 @@ def test_module_denoiser_time_conventions():
 
 
 def _tiny_unet2d():
+    """A tiny diffusers UNet (the diffusers tests are in the slow tier: importing diffusers takes seconds)."""
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
@@ -107,6 +108,7 @@ def _tiny_unet2d():
     )
 
 
+@pytest.mark.slow
 def test_diffusers_unet2d_adapter_reads_prediction_type_and_schedule():
     unet = _tiny_unet2d().eval()
     config = {
@@ -135,6 +137,7 @@ def test_diffusers_unet2d_adapter_reads_prediction_type_and_schedule():
         DiffusersDenoiser(unet)
 
 
+@pytest.mark.slow
 def test_diffusers_conditional_unet_adapter_takes_encoder_states():
     from diffusers import UNet2DConditionModel
 

@@ -7,18 +7,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from thrifty._plotting import pyplot
 from thrifty.bench.claim import ClaimContext, Series
 
 __all__ = ["plot_vs_steps", "save_panels"]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def save_panels(
@@ -29,7 +21,7 @@ def save_panels(
     folder."""
     if ctx.out_dir is None:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, data) in zip(axes[0], panels.items(), strict=True):
         data = data.detach().cpu()
@@ -65,7 +57,7 @@ def plot_vs_steps(ctx: ClaimContext, name: str, series: list[Series], xlabel: st
     Saved as ``<out_dir>/<name>.png``; None without an output folder."""
     if ctx.out_dir is None:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     metrics = list(dict.fromkeys(s.metric for s in series))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
