@@ -262,7 +262,7 @@ def _cmd_distill(args: argparse.Namespace, console: Console) -> int:
                 data,
                 args.steps,
                 shape,
-                args.batch_size,
+                batch_size=args.batch_size,
                 seed=args.seed,
                 on_step=lambda step, loss: bar.advance(task),
             )

@@ -92,16 +92,16 @@ def test_a_distiller_whose_student_does_not_train_is_not_held(monkeypatch):
 def test_the_baseline_distiller_under_the_method_name_is_never_held(monkeypatch):
     init = SCott.__init__
     monkeypatch.setattr(
-        SCott, "__init__", lambda self, student, teacher, eta=0.6, **kw: init(self, student, teacher, 0.0, **kw)
+        SCott, "__init__", lambda self, teacher, student, **kw: init(self, teacher, student, **{**kw, "eta": 0.0})
     )
     assert _verdict("scott") != HELD
     hyper_init = HyperSD.__init__
     monkeypatch.setattr(
         HyperSD,
         "__init__",
-        lambda self, teacher, student, stages=(1,), **kw: hyper_init(self, teacher, student, (1,), **kw),
+        lambda self, teacher, student, **kw: hyper_init(self, teacher, student, **{**kw, "stages": (1,)}),
     )
     assert _verdict("hyper_sd") != HELD
     # no reflow: the "2-rectified flow" is the 1-rectified flow itself
-    monkeypatch.setattr(InstaFlow, "reflow", lambda self, num_pairs, steps, **kw: self.teacher)
+    monkeypatch.setattr(InstaFlow, "reflow", lambda self, pairs, steps, **kw: self.teacher)
     assert _verdict("instaflow") != HELD

@@ -44,7 +44,7 @@ def test_segment_map_to_its_own_time_is_the_identity(schedule):
 @torch.no_grad()
 def test_segment_targets_at_and_inside_boundaries():
     teacher = eight_gaussians().denoiser()
-    cd = ConsistencyDistillation(_student(), teacher, segments=4, num_timesteps=8, target=_student(1))
+    cd = ConsistencyDistillation(teacher, _student(), segments=4, num_timesteps=8, target=_student(1))
     x0, eps = _x0(4), torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
     n = torch.tensor([3, 4, 1, 8])  # t = 3/8 (t' = 1/4 is its segment start), 1/2, 1/8 (t' = 0), 1
     x_t, t, s, target = cd.targets(x0, eps, n)
@@ -63,7 +63,7 @@ def test_segment_targets_at_and_inside_boundaries():
 
 def test_consistency_loss_is_distance_of_student_segment_map_to_target():
     teacher = eight_gaussians().denoiser()
-    cd = ConsistencyDistillation(_student(), teacher, segments=2, num_timesteps=8, generator=torch.Generator())
+    cd = ConsistencyDistillation(teacher, _student(), segments=2, num_timesteps=8, generator=torch.Generator())
     x0 = _x0(32)
     cd.generator.manual_seed(7)
     loss = cd.loss(x0, 0)
@@ -75,9 +75,9 @@ def test_consistency_loss_is_distance_of_student_segment_map_to_target():
     expected = (((1 - s[:, None]) * pred.x0 + s[:, None] * pred.eps - target) ** 2).mean()
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     with pytest.raises(ValueError, match="multiple"):
-        ConsistencyDistillation(_student(), teacher, segments=3, num_timesteps=8)
+        ConsistencyDistillation(teacher, _student(), segments=3, num_timesteps=8)
     with pytest.raises(ValueError, match="one time per sample"):
-        ConsistencyDistillation(_student(), teacher, teacher_solver="heun")
+        ConsistencyDistillation(teacher, _student(), teacher_solver="heun")
 
 
 @torch.no_grad()
@@ -85,10 +85,10 @@ def test_scott_teacher_is_the_stochastic_solver_in_sub_steps():
     teacher = eight_gaussians().denoiser()
     x = torch.randn(6, 2)
     t, t_next = torch.full((6,), 0.5), torch.full((6,), 0.25)
-    ode = SCott(_student(), teacher, eta=0.0, sub_steps=2, num_timesteps=4)
+    ode = SCott(teacher, _student(), eta=0.0, sub_steps=2, num_timesteps=4)
     grid = torch.tensor([0.5, 0.375, 0.25])
     assert torch.allclose(ode.teacher_move(x, t, t_next), sample(teacher, x, grid, "euler"), atol=1e-6)
-    sde = SCott(_student(), teacher, eta=0.7, sub_steps=2, num_timesteps=4, generator=torch.Generator())
+    sde = SCott(teacher, _student(), eta=0.7, sub_steps=2, num_timesteps=4, generator=torch.Generator())
     sde.generator.manual_seed(3)
     moved = sde.teacher_move(x, t, t_next)
     expected = sample(teacher, x, grid, Stochastic(eta=0.7), generator=torch.Generator().manual_seed(3))
@@ -114,10 +114,11 @@ def test_tcd_step_interpolates_between_ddim_and_consistency_sampling():
 def test_hyper_sd_stages_share_the_budget_and_run_in_order():
     teacher = eight_gaussians().denoiser()
     hyper = HyperSD(teacher, _student(), stages=(8, 4, 2, 1), num_timesteps=16, generator=torch.Generator())
-    assert hyper.stage_iterations(10) == [2, 2, 2, 4]
+    assert hyper.stage_steps(10) == [2, 2, 2, 4]
     seen = []
-    logs = hyper.fit([_x0(32)], 10, on_stage=lambda k, student: seen.append(k))
-    assert seen == [8, 4, 2, 1] and [len(log.losses) for log in logs] == [2, 2, 2, 4]
+    log = hyper.fit([_x0(32)], 10, on_stage=lambda k, student: seen.append(k))
+    assert seen == [8, 4, 2, 1] and [len(stage.losses) for stage in log.stages] == [2, 2, 2, 4]
+    assert log.losses == [v for stage in log.stages for v in stage.losses] and len(log.seconds) == 10
     with pytest.raises(ValueError, match="divisor"):
         HyperSD(teacher, _student(), stages=(3,), num_timesteps=16)
 
@@ -142,7 +143,7 @@ def test_improved_lct_loss_matches_the_hand_computation():
     for loss_name, fn in (("cauchy", cauchy_loss), ("pseudo_huber", pseudo_huber_loss)):
         lct = ImprovedLCT(
             student,
-            100,
+            total_steps=100,
             loss=loss_name,
             c=0.3,
             diffusion_weight=2.0,
@@ -180,9 +181,9 @@ def test_each_consistency_distiller_step_reduces_its_loss():
     teacher = eight_gaussians().denoiser()
     x0 = _x0(128)
     cases = [
-        ConsistencyDistillation(_student(), teacher, segments=2, num_timesteps=8, lr=3e-3, generator=torch.Generator()),
-        SCott(_student(), teacher, eta=0.5, sub_steps=2, num_timesteps=8, lr=3e-3, generator=torch.Generator()),
-        ImprovedLCT(_student(), 100, c=0.1, lr=3e-3, generator=torch.Generator()),
+        ConsistencyDistillation(teacher, _student(), segments=2, num_timesteps=8, lr=3e-3, generator=torch.Generator()),
+        SCott(teacher, _student(), eta=0.5, sub_steps=2, num_timesteps=8, lr=3e-3, generator=torch.Generator()),
+        ImprovedLCT(_student(), total_steps=100, c=0.1, lr=3e-3, generator=torch.Generator()),
     ]
     for distiller in cases:
         before, after = [], []

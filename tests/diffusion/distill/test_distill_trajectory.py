@@ -92,8 +92,10 @@ def test_reflow_makes_trajectories_straighter():
     net = TimeMLP(2, 64, 2, time_dim=16)
     train_flow_matching(net, lambda n, g: gm.sample(n, g), 250, 256, 3e-3)
     one_rf = ModuleDenoiser(net, "velocity", RectifiedFlowSchedule())
-    insta = InstaFlow(one_rf, (2,), ode_steps=8, ode_solver="euler", generator=torch.Generator().manual_seed(0))
-    two_rf = insta.reflow(num_pairs=2048, steps=150)
+    insta = InstaFlow(
+        one_rf, sample_shape=(2,), ode_steps=8, ode_solver="euler", generator=torch.Generator().manual_seed(0)
+    )
+    two_rf = insta.reflow(2048, steps=150)
     z = torch.randn(512, 2, generator=torch.Generator().manual_seed(3))
     grid = uniform_grid(8)
     with torch.no_grad():
@@ -124,7 +126,7 @@ def test_each_trajectory_distiller_step_reduces_its_loss():
         Reflow(_flow(), lr=3e-3, generator=torch.Generator()),
         OneStepDistillation(_flow(), lr=3e-3),
         AnnealingReflow(_flow(), warmup=None, lr=3e-3, generator=torch.Generator()),
-        FlowGuidedDistillation(_flow(), _flow(1), lr=3e-3, generator=torch.Generator()),
+        FlowGuidedDistillation(_flow(1), _flow(), lr=3e-3, generator=torch.Generator()),
     ]
     for distiller in cases:
         before, after = _improves(distiller, (z, x0))
@@ -153,6 +155,6 @@ def test_annealing_reflow_beta_and_bad_input():
     with pytest.raises(ValueError, match="kind"):
         AnnealingReflow(_flow(), warmup=10, kind="step")
     with pytest.raises(ValueError, match="t_range"):
-        FlowGuidedDistillation(_flow(), _flow(1), t_range=(0.8, 0.2))
+        FlowGuidedDistillation(_flow(1), _flow(), t_range=(0.8, 0.2))
     with pytest.raises(TypeError, match="Denoiser"):
         Reflow(TimeMLP(2, 8, 1))

@@ -6,6 +6,14 @@ loop here feeds it batches from a data loader (tensors, or tuples whose first el
 optimizer with gradient clipping, and records the loss. Teachers are frozen copies; consistency methods keep a
 target network updated by an exponential moving average.
 
+One convention for every distiller: the teacher first, then the student, then keyword-only options, as in "distil
+the teacher into the student" (``SCott(teacher, student, *, eta=...)``; those without a teacher module take the
+student alone: consistency training, and the reflow stages whose teacher is in their pair data); and
+``fit(data, steps, *, on_step=None) -> TrainLog`` with ``data`` a loader or iterator of training batches (cycled
+when it runs out) and ``steps`` the number of optimizer steps. The two-stage pipelines (``InstaFlow``,
+``SlimFlow``) solve their stages' pairs themselves, so their stages take ``(pairs, steps)`` with ``pairs`` a count
+or the pair tensors, and return the trained model.
+
 Also here: teacher pair generation for reflow (``generate_pairs``), TCD's multistep consistency sampling step
 (``TCDStep``, ``consistency_sample``) and consistency distillation with trajectory segments
 (``ConsistencyDistillation``, shared by Hyper-SD and SCott).
@@ -102,10 +110,19 @@ def pair_batches(noise: Tensor, x0: Tensor, batch_size: int, generator: torch.Ge
 
 @dataclass
 class TrainLog:
-    """Losses (and wall-clock seconds) of every optimizer step of one ``fit``."""
+    """Losses and wall-clock seconds (since the start of ``fit``) of every optimizer step of one ``fit``; a fit in
+    stages (Hyper-SD's segment stages) also keeps each stage's own log in ``stages``, in order."""
 
     losses: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    stages: list[TrainLog] = field(default_factory=list)
+
+    def add_stage(self, log: TrainLog) -> None:
+        """Append a stage's steps (its clock continued from this log's last step) and keep its own log."""
+        offset = self.seconds[-1] if self.seconds else 0.0
+        self.losses.extend(log.losses)
+        self.seconds.extend(offset + s for s in log.seconds)
+        self.stages.append(log)
 
 
 class Distiller:
@@ -113,11 +130,13 @@ class Distiller:
 
     ``student`` is a ``Denoiser`` (its parameters are trained); the optimizer is Adam(``lr``, ``betas``) unless one is
     given; ``grad_clip`` (global norm, ``None`` for none) follows the RectifiedFlow repositories' default of 1.
+    Subclasses with a teacher take it first: ``Subclass(teacher, student, *, ...)``.
     """
 
     def __init__(
         self,
         student: Denoiser,
+        *,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         grad_clip: float | None = 1.0,
@@ -157,12 +176,13 @@ class Distiller:
         self.step_count += 1
         return float(loss.detach())
 
-    def fit(self, batches: Iterable[Any], steps: int, on_step: Callable[[int, float], None] | None = None) -> TrainLog:
-        """``steps`` optimizer steps over ``batches`` (cycled when it runs out); ``on_step(step, loss)`` after each."""
+    def fit(self, data: Iterable[Any], steps: int, *, on_step: Callable[[int, float], None] | None = None) -> TrainLog:
+        """``steps`` optimizer steps on batches of ``data`` (a loader, cycled when it runs out, or an iterator);
+        ``on_step(step, loss)`` after each."""
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         log = TrainLog()
-        stream = batches_forever(batches) if not isinstance(batches, Iterator) else batches
+        stream = batches_forever(data) if not isinstance(data, Iterator) else data
         start = time.perf_counter()
         for _ in range(steps):
             value = self.train_step(next(stream))
@@ -239,8 +259,9 @@ class ConsistencyDistillation(Distiller):
 
     def __init__(
         self,
-        student: Denoiser,
         teacher: Denoiser,
+        student: Denoiser,
+        *,
         segments: int = 1,
         num_timesteps: int = 48,
         teacher_solver: str | Solver = "euler",

@@ -29,16 +29,16 @@ DEFAULT_STAGES = (8, 4, 2, 1)
 
 
 class HyperSD:
-    """TSCD on a user's teacher: ``fit(data, iterations)`` trains ``student`` through the segment stages in place.
+    """TSCD on a user's teacher: ``fit(data, steps)`` trains ``student`` through the segment stages in place.
 
-    ``stages`` are the segment counts (each must divide ``num_timesteps``); ``iterations`` are split equally among
+    ``stages`` are the segment counts (each must divide ``num_timesteps``); the ``steps`` are split equally among
     them (the remainder goes to the last stage), so ``stages=(1,)`` is plain consistency distillation at the same
     budget. ``teacher_solver``/``sub_steps`` choose how the teacher moves between grid times (DDIM by default).
 
     Example::
 
         hyper = HyperSD(teacher, student)
-        hyper.fit(loader, iterations=4000)
+        hyper.fit(loader, steps=4000)
         x = consistency_sample(student, torch.randn(16, 2), steps=2)
     """
 
@@ -46,6 +46,7 @@ class HyperSD:
         self,
         teacher: Denoiser,
         student: Denoiser,
+        *,
         stages: Sequence[int] = DEFAULT_STAGES,
         num_timesteps: int = 48,
         teacher_solver: str | Solver = "euler",
@@ -69,24 +70,26 @@ class HyperSD:
             generator=generator,
         )
 
-    def stage_iterations(self, iterations: int) -> list[int]:
-        """Iterations per stage: equal shares, the remainder to the last stage."""
-        share = iterations // len(self.stages)
-        return [share] * (len(self.stages) - 1) + [iterations - share * (len(self.stages) - 1)]
+    def stage_steps(self, steps: int) -> list[int]:
+        """Optimizer steps per stage: equal shares, the remainder to the last stage."""
+        share = steps // len(self.stages)
+        return [share] * (len(self.stages) - 1) + [steps - share * (len(self.stages) - 1)]
 
     def fit(
         self,
         data: Iterable[Any],
-        iterations: int,
-        on_stage: Callable[[int, Denoiser], None] | None = None,
+        steps: int,
+        *,
         on_step: Callable[[int, float], None] | None = None,
-    ) -> list[TrainLog]:
-        """Run every stage on ``data`` (a loader of ``x0`` batches); ``on_stage(k, student)`` after each stage."""
+        on_stage: Callable[[int, Denoiser], None] | None = None,
+    ) -> TrainLog:
+        """Run every stage on ``data`` (a loader of ``x0`` batches); ``on_stage(k, student)`` after each stage. The
+        log covers all ``steps``; ``log.stages`` holds each stage's own log."""
         stream = batches_forever(data)
-        logs = []
-        for k, its in zip(self.stages, self.stage_iterations(iterations), strict=True):
-            stage = ConsistencyDistillation(self.student, self.teacher, segments=k, **self.options)
-            logs.append(stage.fit(stream, its, on_step))
+        log = TrainLog()
+        for k, k_steps in zip(self.stages, self.stage_steps(steps), strict=True):
+            stage = ConsistencyDistillation(self.teacher, self.student, segments=k, **self.options)
+            log.add_stage(stage.fit(stream, k_steps, on_step=on_step))
             if on_stage is not None:
                 on_stage(k, self.student)
-        return logs
+        return log

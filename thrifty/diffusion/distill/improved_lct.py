@@ -77,13 +77,23 @@ class NonScalingLayerNorm(nn.Module):
 class ImprovedLCT(Distiller):
     """Consistency training of ``student`` (its ``x0`` prediction is the consistency function) on data batches.
 
-    ``total_steps`` sets the discretisation curriculum (``s0`` to ``s1`` levels). ``c``: a number, ``None`` (iCT's
-    ``0.00054 sqrt(d)``) or ``"adaptive"`` (``td_scale_c`` with ``c_quantile``).
+    Consistency *training* has no teacher, so the constructor takes the student alone, ``ImprovedLCT(student, *,
+    ...)``; ``fit(data, steps)`` is every distiller's, with ``data`` a loader of clean ``x0`` batches.
+    ``total_steps`` sets the discretisation curriculum (``s0`` to ``s1`` levels over that many steps; pass the
+    ``steps`` of ``fit``). ``c``: a number, ``None`` (iCT's ``0.00054 sqrt(d)``) or ``"adaptive"`` (``td_scale_c``
+    with ``c_quantile``).
+
+    Example::
+
+        lct = ImprovedLCT(student, total_steps=4000)
+        lct.fit(loader, steps=4000)
+        x = consistency_sample(student, torch.randn(16, 2), steps=2)
     """
 
     def __init__(
         self,
         student: Denoiser,
+        *,
         total_steps: int,
         loss: str = "cauchy",
         c: float | str | None = "adaptive",

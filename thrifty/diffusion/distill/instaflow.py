@@ -28,7 +28,7 @@ from thrifty.diffusion.core.schedules import as_time
 from thrifty.diffusion.distill._core import Distiller, TrainLog, frozen_copy, generate_pairs, pair_batches
 from thrifty.diffusion.distill._losses import FeatureDistance, mse_loss
 
-__all__ = ["InstaFlow", "OneStepDistillation", "Reflow", "one_step_loss", "reflow_loss", "rf_times"]
+__all__ = ["InstaFlow", "OneStepDistillation", "Pairs", "Reflow", "one_step_loss", "reflow_loss", "rf_times"]
 
 RF_EPS = 1e-3  # the RectifiedFlow repositories' eps: t_theirs ~ U[eps, 1) with t_theirs = 0 noise
 
@@ -60,9 +60,13 @@ def one_step_loss(
 
 
 class Reflow(Distiller):
-    """Train ``student`` as the next rectified flow on ``(z, x0)`` pair batches (``t ~ U(0, 1 - eps]``)."""
+    """Train ``student`` as the next rectified flow on ``(z, x0)`` pair batches (``t ~ U(0, 1 - eps]``).
 
-    def __init__(self, student: Denoiser, eps: float = RF_EPS, generator: torch.Generator | None = None, **kw) -> None:
+    No teacher argument: the teacher is in the data, the pairs its ODE produced (``generate_pairs``)."""
+
+    def __init__(
+        self, student: Denoiser, *, eps: float = RF_EPS, generator: torch.Generator | None = None, **kw: Any
+    ) -> None:
         super().__init__(student, **kw)
         self.eps, self.generator = eps, generator
 
@@ -72,9 +76,13 @@ class Reflow(Distiller):
 
 
 class OneStepDistillation(Distiller):
-    """Distil pairs ``(z, x0)`` into a one-step student with ``d(x0_theta(z, 1), x0)`` (InstaFlow's k = 1)."""
+    """Distil pairs ``(z, x0)`` into a one-step student with ``d(x0_theta(z, 1), x0)`` (InstaFlow's k = 1).
 
-    def __init__(self, student: Denoiser, distance: Callable[[Tensor, Tensor], Tensor] | None = None, **kw) -> None:
+    No teacher argument: the teacher is in the data, the pairs its ODE produced."""
+
+    def __init__(
+        self, student: Denoiser, *, distance: Callable[[Tensor, Tensor], Tensor] | None = None, **kw: Any
+    ) -> None:
         super().__init__(student, **kw)
         self.distance = distance if distance is not None else FeatureDistance()
 
@@ -83,24 +91,31 @@ class OneStepDistillation(Distiller):
         return one_step_loss(self.student, z, x0, self.distance)
 
 
+Pairs = int | tuple[Tensor, Tensor]  # a number of pairs to solve for, or the pairs (z, x0) themselves
+
+
 class InstaFlow:
     """The InstaFlow pipeline on a user's teacher: reflow it into a 2-rectified flow, then distil to one step.
 
-    ``teacher`` is the 1-rectified flow (any ``Denoiser``; frozen here). ``reflow(...)`` trains a copy of it (or
-    ``student``) on teacher pairs and returns the 2-RF; ``distill(flow, ...)`` trains a copy of ``flow`` (or
-    ``student``) for one-step generation on ``flow``'s pairs. ``run`` does both.
+    ``teacher`` is the 1-rectified flow (any ``Denoiser``; frozen here). Each stage is a distiller with the shared
+    ``fit(data, steps)`` (:class:`Reflow`, :class:`OneStepDistillation`) whose data are pair batches; the pipeline
+    solves the pairs and makes the students, so its stages take ``pairs`` (a count, or ``(z, x0)`` tensors) and
+    ``steps``: ``reflow(pairs, steps)`` trains a copy of the teacher (or ``student``) on teacher pairs and returns
+    the 2-RF; ``distill(flow, pairs, steps)`` trains a copy of ``flow`` (or ``student``) for one-step generation on
+    ``flow``'s pairs. ``run`` does both. SlimFlow's pipeline has the same two stages.
 
     Example::
 
-        insta = InstaFlow(teacher)
-        two_rf = insta.reflow(num_pairs=20000, steps=5000)
-        one_step = insta.distill(two_rf, num_pairs=20000, steps=5000)
+        insta = InstaFlow(teacher, sample_shape=(2,))
+        two_rf = insta.reflow(20000, steps=5000)
+        one_step = insta.distill(two_rf, 20000, steps=5000)
         x = one_step.predict(torch.randn(16, 2), 1.0).x0
     """
 
     def __init__(
         self,
         teacher: Denoiser,
+        *,
         sample_shape: tuple[int, ...] | None = None,
         ode_steps: int = 32,
         ode_solver: str = "heun",
@@ -124,39 +139,47 @@ class InstaFlow:
         z = torch.randn((num_pairs, *shape), generator=self.generator)
         return generate_pairs(flow, z, self.ode_steps, self.ode_solver)
 
-    def _train(self, distiller: Distiller, pairs: tuple[Tensor, Tensor], steps: int, on_step) -> TrainLog:
-        return distiller.fit(pair_batches(*pairs, self.batch_size, self.generator), steps, on_step)
+    def _train(self, distiller: Distiller, flow: Denoiser, pairs: Pairs, steps: int, on_step) -> TrainLog:
+        pairs = self.pairs(flow, pairs) if isinstance(pairs, int) else pairs
+        return distiller.fit(pair_batches(*pairs, self.batch_size, self.generator), steps, on_step=on_step)
 
     def reflow(
         self,
-        num_pairs: int,
+        pairs: Pairs,
         steps: int,
+        *,
         student: Denoiser | None = None,
-        pairs: tuple[Tensor, Tensor] | None = None,
         on_step: Callable[[int, float], None] | None = None,
     ) -> Denoiser:
-        """Train the 2-rectified flow (initialised from the teacher unless ``student`` is given)."""
+        """Train the 2-rectified flow (initialised from the teacher unless ``student`` is given) on the teacher's
+        ``pairs``."""
         flow = student if student is not None else frozen_copy(self.teacher).requires_grad_(True)
-        pairs = pairs if pairs is not None else self.pairs(self.teacher, num_pairs)
-        self._train(Reflow(flow, lr=self.lr, generator=self.generator), pairs, steps, on_step)
+        self._train(Reflow(flow, lr=self.lr, generator=self.generator), self.teacher, pairs, steps, on_step)
         return flow
 
     def distill(
         self,
         flow: Denoiser,
-        num_pairs: int,
+        pairs: Pairs,
         steps: int,
+        *,
         student: Denoiser | None = None,
-        pairs: tuple[Tensor, Tensor] | None = None,
         on_step: Callable[[int, float], None] | None = None,
     ) -> Denoiser:
-        """One-step distillation of ``flow`` (initialised from ``flow`` unless ``student`` is given)."""
+        """One-step distillation of ``flow`` (initialised from ``flow`` unless ``student`` is given) on ``flow``'s
+        ``pairs``."""
         one = student if student is not None else frozen_copy(flow).requires_grad_(True)
-        pairs = pairs if pairs is not None else self.pairs(flow, num_pairs)
-        self._train(OneStepDistillation(one, self.distance, lr=self.lr), pairs, steps, on_step)
+        self._train(OneStepDistillation(one, distance=self.distance, lr=self.lr), flow, pairs, steps, on_step)
         return one
 
-    def run(self, num_pairs: int, reflow_steps: int, distill_steps: int, **kw: Any) -> tuple[Denoiser, Denoiser]:
-        """Reflow then distil: returns ``(two_rf, one_step)``."""
-        two_rf = self.reflow(num_pairs, reflow_steps, **kw)
-        return two_rf, self.distill(two_rf, num_pairs, distill_steps, **kw)
+    def run(
+        self,
+        num_pairs: int,
+        reflow_steps: int,
+        distill_steps: int,
+        *,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> tuple[Denoiser, Denoiser]:
+        """Reflow then distil, each stage on ``num_pairs`` pairs of its own teacher: returns ``(two_rf, one_step)``."""
+        two_rf = self.reflow(num_pairs, reflow_steps, on_step=on_step)
+        return two_rf, self.distill(two_rf, num_pairs, distill_steps, on_step=on_step)

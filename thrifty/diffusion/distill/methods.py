@@ -55,14 +55,15 @@ def distill(
     data: DataSource,
     steps: int,
     sample_shape: tuple[int, ...],
+    *,
     batch_size: int = 256,
     num_pairs: int = 4000,
     student_hidden: int = 64,
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> Denoiser:
-    """Train a few-step student of ``teacher`` with ``method`` for ``steps`` iterations (per stage for the two-stage
-    flow methods) and return it. ``data(n, generator)`` draws data samples (consistency methods noise them).
+    """Train a few-step student of ``teacher`` with ``method`` for ``steps`` optimizer steps (per stage for the
+    two-stage flow methods) and return it. ``data(n, generator)`` draws data samples (consistency methods noise them).
 
     instaflow: 2-RF from the teacher, then one-step distillation; slimflow: a small ``TimeMLP`` (``student_hidden``)
     by annealing reflow, then flow-guided distillation (flat data only); hyper_sd: TSCD 8-4-2-1 from the teacher's
@@ -75,27 +76,26 @@ def distill(
         raise ValueError(f"steps must be >= 1, got {steps}")
     gen = torch.Generator().manual_seed(seed)
     if method == "instaflow":
-        insta = InstaFlow(teacher, sample_shape, batch_size=batch_size, generator=gen)
-        two_rf = insta.reflow(num_pairs, steps, on_step=on_step)
-        return frozen_copy(insta.distill(frozen_copy(two_rf), num_pairs, steps, on_step=on_step))
+        insta = InstaFlow(teacher, sample_shape=sample_shape, batch_size=batch_size, generator=gen)
+        return frozen_copy(insta.run(num_pairs, steps, steps, on_step=on_step)[1])
     if method == "slimflow":
         if len(sample_shape) != 1:
             raise ValueError(f"slimflow's small TimeMLP student takes flat samples, got shape {sample_shape}")
         torch.manual_seed(seed)
         student = ModuleDenoiser(TimeMLP(sample_shape[0], student_hidden, 2), "velocity", RectifiedFlowSchedule())
-        slim = SlimFlow(teacher, sample_shape, batch_size=batch_size, generator=gen)
-        two_rf = frozen_copy(slim.annealing_reflow(student, steps, slim.pairs(teacher, num_pairs), on_step=on_step))
-        return frozen_copy(slim.distill(two_rf, steps, slim.pairs(two_rf, num_pairs), on_step=on_step))
+        slim = SlimFlow(teacher, sample_shape=sample_shape, batch_size=batch_size, generator=gen)
+        two_rf = frozen_copy(slim.reflow(num_pairs, steps, student=student, on_step=on_step))
+        return frozen_copy(slim.distill(two_rf, num_pairs, steps, on_step=on_step))
     batches = _batches(data, batch_size, seed)
     if method == "improved_lct":
         student = _fresh_copy(teacher, seed)
-        ImprovedLCT(student, steps, s1=160, generator=gen).fit(batches, steps, on_step)
+        ImprovedLCT(student, total_steps=steps, s1=160, generator=gen).fit(batches, steps, on_step=on_step)
         return frozen_copy(student)
     student = frozen_copy(teacher).requires_grad_(True)
     if method == "hyper_sd":
         HyperSD(teacher, student, num_timesteps=16, generator=gen).fit(batches, steps, on_step=on_step)
     else:
-        SCott(student, teacher, generator=gen).fit(batches, steps, on_step)
+        SCott(teacher, student, generator=gen).fit(batches, steps, on_step=on_step)
     return frozen_copy(student)
 
 

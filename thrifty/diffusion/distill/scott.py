@@ -30,12 +30,19 @@ class SCott(ConsistencyDistillation):
     """Consistency distillation with an SDE teacher: ``eta`` noise strength, ``sub_steps`` solver steps per interval.
 
     ``eta = 0`` is ordinary (ODE / DDIM-teacher) consistency distillation, the paper's baseline.
+
+    Example::
+
+        scott = SCott(teacher, student, eta=0.6)
+        scott.fit(loader, steps=4000)
+        x = consistency_sample(student, torch.randn(16, 2), steps=2)
     """
 
     def __init__(
         self,
-        student: Denoiser,
         teacher: Denoiser,
+        student: Denoiser,
+        *,
         eta: float = 0.6,
         sub_steps: int = 4,
         num_timesteps: int = 16,
@@ -46,8 +53,8 @@ class SCott(ConsistencyDistillation):
         **kw,
     ) -> None:
         super().__init__(
-            student,
             teacher,
+            student,
             segments=1,
             num_timesteps=num_timesteps,
             teacher_solver=Stochastic(eta=eta),

@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 
 from thrifty.diffusion.core.denoiser import Denoiser
-from thrifty.diffusion.distill._core import Distiller, frozen_copy, generate_pairs, pair_batches
+from thrifty.diffusion.distill._core import Distiller, TrainLog, frozen_copy, generate_pairs, pair_batches
 from thrifty.diffusion.distill._losses import FeatureDistance, annealed_noise, annealing_beta
-from thrifty.diffusion.distill.instaflow import RF_EPS, one_step_loss, reflow_loss, rf_times
+from thrifty.diffusion.distill.instaflow import RF_EPS, Pairs, one_step_loss, reflow_loss, rf_times
 
 __all__ = ["AnnealingReflow", "FlowGuidedDistillation", "SlimFlow", "flow_guided_target"]
 
@@ -50,12 +50,14 @@ class AnnealingReflow(Distiller):
     """Reflow of a (small, fresh) student on teacher pairs whose noise is re-randomised by an annealed ``beta``.
 
     ``warmup=None`` is plain reflow (beta = 0 from the start). ``flip_dims`` (e.g. ``(-1,)`` for images) flips the
-    whole pair batch along those dimensions with probability 1/2, as the official ``h_flip``.
+    whole pair batch along those dimensions with probability 1/2, as the official ``h_flip``. No teacher argument:
+    the teacher is in the data, the pairs its ODE produced.
     """
 
     def __init__(
         self,
         student: Denoiser,
+        *,
         warmup: int | None,
         kind: str = "linear",
         flip_dims: tuple[int, ...] | None = None,
@@ -80,12 +82,16 @@ class AnnealingReflow(Distiller):
 
 
 class FlowGuidedDistillation(Distiller):
-    """One-step distillation with SlimFlow's flow guidance (``guidance_weight=0``: plain pair distillation)."""
+    """One-step distillation with SlimFlow's flow guidance (``guidance_weight=0``: plain pair distillation).
+
+    ``teacher`` is the guiding flow (SlimFlow's small 2-RF, frozen here); the pair batches are its ODE's pairs.
+    """
 
     def __init__(
         self,
+        teacher: Denoiser,
         student: Denoiser,
-        guide: Denoiser,
+        *,
         distance: Callable[[Tensor, Tensor], Tensor] | None = None,
         guidance_weight: float = 1.0,
         t_range: tuple[float, float] = GUIDE_T_RANGE,
@@ -95,7 +101,7 @@ class FlowGuidedDistillation(Distiller):
         super().__init__(student, **kw)
         if not 0.0 <= t_range[0] < t_range[1] <= 1.0:
             raise ValueError(f"t_range must satisfy 0 <= lo < hi <= 1, got {t_range}")
-        self.guide = frozen_copy(guide)
+        self.teacher = frozen_copy(teacher)
         self.distance = distance if distance is not None else FeatureDistance()
         self.guidance_weight, self.t_range, self.generator = guidance_weight, t_range, generator
 
@@ -106,7 +112,7 @@ class FlowGuidedDistillation(Distiller):
             z = torch.randn(z_pair.shape, generator=self.generator).to(z_pair)
             lo, hi = self.t_range
             s = torch.rand(z.shape[0], generator=self.generator).to(z) * (hi - lo) + lo
-            target = flow_guided_target(self.student, self.guide, z, s)
+            target = flow_guided_target(self.student, self.teacher, z, s)
             loss = loss + self.guidance_weight * self.distance(self.student.predict(z, 1.0).x0, target)
         return loss
 
@@ -114,14 +120,17 @@ class FlowGuidedDistillation(Distiller):
 class SlimFlow:
     """The SlimFlow pipeline: a large 1-rectified flow ``teacher`` -> a small 2-RF ``student`` -> a one-step model.
 
-    ``annealing_reflow`` trains ``student`` (fresh weights, any size) on the teacher's pairs with annealed noise;
-    ``distill`` trains a copy of the small 2-RF for one step with flow guidance from it. ``plain=True`` in either
-    runs the baseline (no annealing, no guidance).
+    The stages are InstaFlow's, with the same signatures: ``reflow(pairs, steps, student=...)`` trains ``student``
+    (fresh weights, any size) on the teacher's pairs with annealed noise (:class:`AnnealingReflow`);
+    ``distill(flow, pairs, steps)`` trains a copy of the small 2-RF for one step with flow guidance from it
+    (:class:`FlowGuidedDistillation`). ``pairs`` is a count of pairs to solve for, or ``(z, x0)`` tensors.
+    ``plain=True`` in either runs the baseline (no annealing, no guidance).
     """
 
     def __init__(
         self,
         teacher: Denoiser,
+        *,
         sample_shape: tuple[int, ...],
         ode_steps: int = 32,
         ode_solver: str = "heun",
@@ -139,36 +148,49 @@ class SlimFlow:
         self.generator = generator
 
     def pairs(self, flow: Denoiser, num_pairs: int) -> tuple[Tensor, Tensor]:
+        """``num_pairs`` pairs ``(z, ODE_flow(z))``."""
         z = torch.randn((num_pairs, *self.sample_shape), generator=self.generator)
         return generate_pairs(flow, z, self.ode_steps, self.ode_solver)
 
-    def annealing_reflow(
+    def _train(self, distiller: Distiller, flow: Denoiser, pairs: Pairs, steps: int, on_step) -> TrainLog:
+        pairs = self.pairs(flow, pairs) if isinstance(pairs, int) else pairs
+        return distiller.fit(pair_batches(*pairs, self.batch_size, self.generator), steps, on_step=on_step)
+
+    def reflow(
         self,
-        student: Denoiser,
+        pairs: Pairs,
         steps: int,
-        pairs: tuple[Tensor, Tensor],
+        *,
+        student: Denoiser,
         warmup: int | None = None,
         plain: bool = False,
         on_step: Callable[[int, float], None] | None = None,
     ) -> Denoiser:
         """Train ``student`` in place into a 2-RF on the teacher's ``pairs`` (``warmup`` defaults to half the steps)."""
         warm = None if plain else (warmup if warmup is not None else max(1, steps // 2))
-        trainer = AnnealingReflow(student, warm, self.kind, lr=self.lr, generator=self.generator)
-        trainer.fit(pair_batches(*pairs, self.batch_size, self.generator), steps, on_step)
+        trainer = AnnealingReflow(student, warmup=warm, kind=self.kind, lr=self.lr, generator=self.generator)
+        self._train(trainer, self.teacher, pairs, steps, on_step)
         return student
 
     def distill(
         self,
-        two_rf: Denoiser,
+        flow: Denoiser,
+        pairs: Pairs,
         steps: int,
-        pairs: tuple[Tensor, Tensor],
+        *,
         plain: bool = False,
         on_step: Callable[[int, float], None] | None = None,
     ) -> Denoiser:
-        """A one-step copy of the small ``two_rf`` trained on ``pairs`` (with flow guidance unless ``plain``)."""
-        one = frozen_copy(two_rf).requires_grad_(True)
+        """A one-step copy of the small 2-RF ``flow`` trained on ``flow``'s ``pairs`` (with flow guidance from
+        ``flow`` unless ``plain``)."""
+        one = frozen_copy(flow).requires_grad_(True)
         trainer = FlowGuidedDistillation(
-            one, two_rf, self.distance, 0.0 if plain else 1.0, lr=self.lr, generator=self.generator
+            flow,
+            one,
+            distance=self.distance,
+            guidance_weight=0.0 if plain else 1.0,
+            lr=self.lr,
+            generator=self.generator,
         )
-        trainer.fit(pair_batches(*pairs, self.batch_size, self.generator), steps, on_step)
+        self._train(trainer, flow, pairs, steps, on_step)
         return one

@@ -45,7 +45,11 @@ def hyper_sd_claim(ctx: ClaimContext) -> ClaimOutcome:
             student = frozen(teacher).requires_grad_(True)
             curve = OneStepCurve(student, z, ref, seed, max(1, iterations // 8), advance)
             hyper = HyperSD(
-                teacher, student, stages, num_timesteps=num_timesteps, generator=torch.Generator().manual_seed(seed)
+                teacher,
+                student,
+                stages=stages,
+                num_timesteps=num_timesteps,
+                generator=torch.Generator().manual_seed(seed),
             )
             hyper.fit(data, iterations, on_step=curve)
             c_series.add(curve.steps, curve.steps, curve.values)

@@ -60,7 +60,9 @@ def improved_lct_claim(ctx: ClaimContext) -> ClaimOutcome:
 
         for arm, options in ARMS.items():
             student = flow(128, 3, 3000 + seed)  # same fresh initialisation in every arm
-            lct = ImprovedLCT(student, iterations, s1=s1, generator=torch.Generator().manual_seed(seed), **options)
+            lct = ImprovedLCT(
+                student, total_steps=iterations, s1=s1, generator=torch.Generator().manual_seed(seed), **options
+            )
             lct.fit(data, iterations, on_step=lambda s, v: advance(1))
             values, seconds = cm_swd(student, z, ref, seed, score=inlier_swd)
             series[arm].add(list(SAMPLING_STEPS), seconds, values)

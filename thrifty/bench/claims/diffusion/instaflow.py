@@ -44,7 +44,7 @@ def instaflow_claim(ctx: ClaimContext) -> ClaimOutcome:
     panels: dict[str, Tensor] = {}
     for seed in ctx.seeds:
         teacher = toy_teacher(ctx.scale, seed)
-        insta = InstaFlow(teacher, (2,), ode_steps=16, generator=torch.Generator().manual_seed(seed))
+        insta = InstaFlow(teacher, sample_shape=(2,), ode_steps=16, generator=torch.Generator().manual_seed(seed))
         z, ref = noise(n_eval, seed), reference(gm, n_eval, seed)
         two_rf = insta.reflow(num_pairs, reflow_steps, on_step=lambda s, v: advance(1))
         grid = uniform_grid(16)

@@ -67,8 +67,8 @@ def scott_claim(ctx: ClaimContext) -> ClaimOutcome:
             for solver, eta in (("ODE", 0.0), ("SDE", ETA)):
                 student = flow(hidden, 3, 2000 + seed)  # same fresh initialisation for every arm
                 scott = SCott(
-                    student,
                     teacher,
+                    student,
                     eta=eta,
                     sub_steps=SUB_STEPS,
                     num_timesteps=TIMESTEPS,

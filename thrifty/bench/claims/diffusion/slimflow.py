@@ -43,20 +43,19 @@ def slimflow_claim(ctx: ClaimContext) -> ClaimOutcome:
     ratio = float("nan")
     for seed in ctx.seeds:
         teacher = toy_teacher(ctx.scale, seed)
-        slim = SlimFlow(teacher, (2,), ode_steps=16, generator=torch.Generator().manual_seed(seed))
+        slim = SlimFlow(teacher, sample_shape=(2,), ode_steps=16, generator=torch.Generator().manual_seed(seed))
         pairs = slim.pairs(teacher, num_pairs)
         z, ref = noise(n_eval, seed), reference(gm, n_eval, seed)
         for arm, plain in (("slimflow", False), ("plain", True)):
             student = flow(hidden, 2, 1000 + seed)  # same fresh initialisation in both arms
             ratio = count_params(student) / count_params(teacher)
             slim.generator.manual_seed(seed)
-            two_rf = slim.annealing_reflow(student, reflow_steps, pairs, plain=plain, on_step=lambda s, v: advance(1))
+            two_rf = slim.reflow(pairs, reflow_steps, student=student, plain=plain, on_step=lambda s, v: advance(1))
             two_rf = frozen(two_rf)
             values, seconds = ode_swd(two_rf, z, ref, seed)
             series["plain 2-RF" if plain else "annealed 2-RF"].add(list(SAMPLING_STEPS), seconds, values)
             per["rf2_plain" if plain else "rf2_annealed"].append(values[0])
-            own_pairs = slim.pairs(two_rf, num_pairs)
-            one = slim.distill(two_rf, distill_steps, own_pairs, plain=plain, on_step=lambda s, v: advance(1))
+            one = slim.distill(two_rf, num_pairs, distill_steps, plain=plain, on_step=lambda s, v: advance(1))
             with torch.no_grad():
                 x = one.predict(z, 1.0).x0
             per[arm].append(swd(x, ref, seed))
