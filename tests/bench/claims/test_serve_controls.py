@@ -20,11 +20,6 @@ from thrifty.serve.sched import (
     SarathiServeScheduler,
     SchedulerOutput,
 )
-from thrifty.serve.sim.cost_model import DEFAULT_DATA_DIR
-
-needs_traces = pytest.mark.skipif(
-    not (DEFAULT_DATA_DIR / "llm-traces").is_dir(), reason="../shared/data/llm-traces is absent"
-)
 
 
 class NoPiggyback(SarathiScheduler):
@@ -57,7 +52,6 @@ def test_broken_policies_are_not_held(monkeypatch):
 
 
 @pytest.mark.slow
-@needs_traces
 def test_a_sarathi_serve_without_batching_is_not_held(monkeypatch):
     assert _verdict(monkeypatch, "sarathi_serve", "sarathi_serve", OneAtATime) == NOT_HELD
 
@@ -67,9 +61,9 @@ def test_a_sarathi_serve_without_batching_is_not_held(monkeypatch):
     ("key", "policy", "baseline"),
     [
         ("sarathi", "sarathi", PrefillFirstScheduler),
-        pytest.param("sarathi_serve", "sarathi_serve", PrefillFirstScheduler, marks=needs_traces),
+        ("sarathi_serve", "sarathi_serve", PrefillFirstScheduler),
         ("batchllm", "batchllm", SarathiServeScheduler),
-        pytest.param("sarathi_serve_cpu", "sarathi_serve", PrefillFirstScheduler, marks=needs_traces),
+        ("sarathi_serve_cpu", "sarathi_serve", PrefillFirstScheduler),
         ("batchllm_cpu", "batchllm", SarathiServeScheduler),
     ],
 )
