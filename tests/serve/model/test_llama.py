@@ -73,6 +73,7 @@ def random_splits(n: int, rng: random.Random) -> list[int]:
     ],
     ids=["plain", "tied-mqa-bias", "llama3-rope"],
 )
+@pytest.mark.slow  # importing transformers takes seconds
 def test_logits_match_transformers_through_chunked_prefill_and_decodes(tmp_path, hf_kw):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
