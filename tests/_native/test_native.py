@@ -77,6 +77,7 @@ def test_library_is_cached_and_can_be_turned_off(monkeypatch):
     assert _native.library() is None
 
 
+@pytest.mark.slow  # compiles the kernels from scratch (a gcc run) every time
 def test_unwritable_cache_builds_in_the_temporary_directory(monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory\n")
