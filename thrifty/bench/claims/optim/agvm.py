@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from thrifty.bench.claim import INCONCLUSIVE, Claim, ClaimContext, ClaimOutcome
 from thrifty.bench.claims import register
-from thrifty.bench.claims.optim.runs import LossRun, loss_series
+from thrifty.bench.claims.optim.runs import LossRun, loss_series, tuning_seeds
 from thrifty.bench.compare import compare
 from thrifty.bench.experiment import Tuning, tune
 from thrifty.bench.workloads.digits import build_seeded
@@ -37,6 +37,9 @@ AGVM_HEAD_WEIGHT = 10.0
 # diverges); the same factor is the margin of "AGVM is not degraded" against plain SGD at its best learning rate.
 AGVM_DEGRADED = 1.5
 NOT_DEGRADED_MARGIN = AGVM_DEGRADED - 1.0  # "training ... can fail" and AGVM fixes it: loss at most 1.5x SGD's best
+# Plain SGD's runs meet a cliff in lr whose place varies by seed: the grid is judged on three tuning seeds, so
+# that the "best" lr is not one that fails on other seeds.
+TUNING_SEEDS = 3
 RESCUE_MARGIN = 0.02  # AGVM "aligns" and so trains better than plain SGD at that lr: final loss at least 2% lower
 # A run is scored by its final training loss capped at the loss of the uniform prediction, ln(10), and a run whose
 # loss became non-finite at that cap: a model worse than guessing has failed, and how badly does not matter (an
@@ -144,7 +147,15 @@ def agvm_claim(ctx: ClaimContext) -> ClaimOutcome:
         advance = ctx.track(f"SGD lr={lr:.4g} (tuning seed {seed})", steps)
         return _digits_two_module_run(seed, ctx.scale, lr, False, advance)[0].final
 
-    grid = tune(ctx, "plain SGD lr (best on the grid)", AGVM_LR_GRID[ctx.scale], evaluate, "final train loss", False)
+    grid = tune(
+        ctx,
+        "plain SGD lr (best on the grid)",
+        AGVM_LR_GRID[ctx.scale],
+        evaluate,
+        "final train loss",
+        False,
+        seeds=tuning_seeds(ctx, TUNING_SEEDS),
+    )
     if grid.chosen is None:
         return ClaimOutcome(
             INCONCLUSIVE,
@@ -231,7 +242,7 @@ register(
         "... We show that training with a large batch size can fail with the gradient variances misaligned among "
         "them",
         measures="a two-module network (conv backbone + MLP head, loss weight 10) on the digits at batch 1024 with "
-        "SGD + momentum: on tuning seeds, plain SGD's best lr on a grid and the smallest larger grid lr at which "
+        "SGD + momentum: on three tuning seeds, plain SGD's best lr on a grid and the smallest larger grid lr at which "
         "it degrades (final training loss > 1.5x the grid's best, or divergence); on every judged seed, SGD + AGVM "
         "at that lr against plain SGD at that lr and against plain SGD at its best lr (final training loss, paired "
         "by seed, capped at the uniform prediction's ln 10, where a diverged run is scored)",

@@ -12,6 +12,7 @@ import torch
 
 from thrifty.bench.claim import INCONCLUSIVE, Claim, ClaimContext, ClaimOutcome, Series
 from thrifty.bench.claims import register
+from thrifty.bench.claims.optim.runs import tuning_seeds
 from thrifty.bench.compare import compare
 from thrifty.bench.experiment import tune
 from thrifty.bench.workloads.bilevel import make_multiblock_ridge
@@ -29,6 +30,9 @@ BSVRB_GRID = {
     "quick": [(step, beta) for step in (0.03, 0.1, 0.3) for beta in (0.02, 0.05, 0.1, 0.2)],
     "full": [(step, beta) for step in (0.03, 0.1, 0.3) for beta in (0.01, 0.02, 0.05, 0.1, 0.2)],
 }
+# The larger step sizes sit near the edge of stability, which varies by seed: the grid is judged on three tuning
+# seeds, and a setting that blows up on any of them is out.
+TUNING_SEEDS = 3
 ERROR_MARGIN = 0.10  # "verify the effectiveness" of the variance reduction: hypergradient error at least 10% lower
 
 
@@ -100,6 +104,7 @@ def bsvrb_claim(ctx: ClaimContext) -> ClaimOutcome:
         evaluate,
         "second-half relative hypergradient error",
         False,
+        seeds=tuning_seeds(ctx, TUNING_SEEDS),
     )
     grid_text = ", ".join(f"{k}: {v:.4f}" for k, v in tuning.table.items())
     if tuning.chosen is None:
@@ -189,7 +194,7 @@ register(
         measures="error of the hypergradient estimate against the closed-form grad F on a 20-block bilevel problem "
         "with quadratic lower levels (I = 10 blocks and 8 rows per block per step), averaged over the second half "
         "of the run: BSVRB v2 vs the same method with plain moving averages, paired by seed, same samples and the "
-        "same hyperparameters (step sizes and averaging weight tuned for the no-VR baseline on tuning seeds)",
+        "same hyperparameters (step sizes and averaging weight tuned for the no-VR baseline on three tuning seeds)",
         threshold=f"relative error change of BSVRB over no VR: 90% t-interval below -{ERROR_MARGIN:.0%}",
         run=bsvrb_claim,
         default=True,
