@@ -109,3 +109,19 @@ def test_terminal_summary_keeps_bracketed_text():
     console = Console(width=200, record=True)
     console.print(summary_table(run))
     assert "[simulated, A100] 3 seeds" in console.export_text()
+
+
+def test_report_renders_details_as_a_table_and_embeds_saved_figures(tmp_path):
+    figure = tmp_path / "soap_samples.png"
+    figure.write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    def with_details(ctx):
+        outcome = _outcome(ctx)
+        outcome.details = {"grid": {"0.1": 1.5, "0.3": 2.5}, "note": "a | b", "samples_png": str(figure)}
+        return outcome
+
+    run = run_claims([_claim("soap", with_details)], scale="smoke", seeds=3)
+    _, report = write_all(run, tmp_path)
+    text = report.read_text()
+    assert "| grid: 0.1 | 1.5 |" in text and "| note | a \\| b |" in text
+    assert "![samples_png](soap_samples.png)" in text

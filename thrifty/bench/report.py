@@ -113,6 +113,35 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _flatten(details: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows = []
+    for key, value in details.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{name}: ")
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _details(details: dict, out_dir: Path) -> list[str]:
+    """Details as a table (nested dicts flattened to one row per entry), then every figure a claim saved under
+    ``out_dir`` embedded below it."""
+    rows, figures = [], []
+    for name, value in _flatten(details):
+        if isinstance(value, str) and value.endswith(".png") and (out_dir / Path(value).name).is_file():
+            figures.append((name, Path(value).name))
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(_fmt(v) for v in value)
+        text = _fmt(value).replace("|", "\\|").replace("\n", " ")
+        rows.append(f"| {name} | {text} |")
+    lines = ["| detail | value |", "|---|---|", *rows, ""] if rows else []
+    for name, file in figures:
+        lines += [f"![{name}]({file})", ""]
+    return lines
+
+
 def _comparison_table(comparisons, title: str) -> list[str]:
     if not comparisons:
         return []
@@ -173,9 +202,7 @@ def _claim_section(r: ClaimResult, out_dir: Path) -> list[str]:
         lines += [f"| {k} | {', '.join(_fmt(x) for x in v)} |" for k, v in o.per_seed.items()]
         lines.append("")
     if o.details:
-        lines += ["Details:", ""]
-        lines += [f"- {k}: {_fmt(v)}" for k, v in o.details.items()]
-        lines.append("")
+        lines += _details(o.details, out_dir)
     if o.failures:
         lines += ["Runs that stopped:", ""] + [f"- {f}" for f in o.failures] + [""]
     plot = plot_series(o.series, f"{c.key}: {r.verdict}", out_dir / f"{c.key}.png")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +26,7 @@ from torch import nn
 from thrifty.bench.claim import Claim, ClaimContext, ClaimOutcome, Series
 from thrifty.bench.claims import register
 from thrifty.bench.compare import compare
+from thrifty.bench.workloads import TRAINING_CLOCK
 from thrifty.nn.global_lbl import GlobalLoadBalancingLoss, MoELayer, micro_batch_load_balancing_loss
 
 # training steps, evaluation sequences per domain, evaluate every
@@ -136,7 +136,7 @@ def train(scope: str, seed: int, steps: int, eval_every: int, held_out: tuple[to
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     g = torch.Generator().manual_seed(10_000 + seed)
     curve_steps, curve_seconds, curve_loss = [], [], []
-    start = time.perf_counter()
+    start = TRAINING_CLOCK()
     for step in range(1, steps + 1):
         domains = torch.randint(2, (GLOBAL_BATCH,), generator=g)
         tokens = sample_sequences(chains, domains, g)
@@ -149,7 +149,7 @@ def train(scope: str, seed: int, steps: int, eval_every: int, held_out: tuple[to
         advance(1)
         if step % eval_every == 0 or step == steps:
             curve_steps.append(float(step))
-            curve_seconds.append(time.perf_counter() - start)
+            curve_seconds.append(TRAINING_CLOCK() - start)
             curve_loss.append(evaluate(model, *held_out)["lm_loss"])
     return evaluate(model, *held_out), (curve_steps, curve_seconds, curve_loss)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
@@ -12,7 +11,7 @@ from thrifty.bench.claims import register
 from thrifty.bench.claims.schedules.runs import DIGITS, with_lr
 from thrifty.bench.compare import compare
 from thrifty.bench.experiment import RunSpec, default_device, run_method, tune, tune_lr
-from thrifty.bench.workloads import Curve, NonFiniteLossError, make_task
+from thrifty.bench.workloads import TRAINING_CLOCK, Curve, NonFiniteLossError, make_task
 from thrifty.schedules import LanczosLR
 
 WORKLOAD = "digits_mlp"
@@ -47,14 +46,14 @@ def train_lanczos(workload: str, scale: str, seed: int, lr_scale: float, advance
     evaluate(0)
     for step in range(1, steps + 1):
         batch = task.next_batch()
-        start = time.perf_counter()
+        start = TRAINING_CLOCK()
         sched.step(lambda batch=batch: task.loss(model, batch))
         optimizer.zero_grad(set_to_none=True)
         loss = task.loss(model, batch)
         loss.backward()
         optimizer.step()
         value = float(loss.detach())
-        elapsed += time.perf_counter() - start
+        elapsed += TRAINING_CLOCK() - start
         if not math.isfinite(value):
             advance(steps - step + 1)
             raise NonFiniteLossError(step, value)
