@@ -24,6 +24,11 @@ def _update_gap(steps: int) -> int:
     return max(1, steps // REFRESHES)
 
 
+def _ratio(a: int, b: int) -> str:
+    """``a / b`` as ``"0.30x"`` (``"n/a"`` when ``b`` holds no state, as an optimizer that stores nothing)."""
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
 def frugal_claim(ctx: ClaimContext) -> ClaimOutcome:
     steps = CHARLM[ctx.scale][1]
     gap = _update_gap(steps)
@@ -85,8 +90,8 @@ def frugal_claim(ctx: ClaimContext) -> ClaimOutcome:
         exact=True,
     )
     return ClaimOutcome.judged(
-        f"FRUGAL, its GaLore-style variant and AdamW, all at lr {LR:g}; FRUGAL's state is {f_bytes / a_bytes:.2f}x "
-        f"AdamW's and {f_bytes / g_bytes:.2f}x the GaLore-style variant's; update gap {gap} of {steps} steps",
+        f"FRUGAL, its GaLore-style variant and AdamW, all at lr {LR:g}; FRUGAL's state is {_ratio(f_bytes, a_bytes)} "
+        f"AdamW's and {_ratio(f_bytes, g_bytes)} the GaLore-style variant's; update gap {gap} of {steps} steps",
         [vs_adamw, vs_lowrank],
         reported=[budget, memory],
         metrics={
